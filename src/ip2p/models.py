@@ -1,0 +1,338 @@
+"""Finding, loading and placing InstructPix2Pix models.
+
+A model reference is one of:
+
+* a bundled model name (``demo``), shipped inside the package;
+* a local diffusers folder (``model_index.json`` plus component folders);
+* an original single-file checkpoint (``.ckpt`` / ``.safetensors`` in the LDM layout), converted on
+  load by :mod:`ip2p.convert`;
+* a Hugging Face hub id (``timbrooks/instruct-pix2pix``), read from the local HF cache (which
+  honours ``HF_HOME`` and ``HF_HUB_OFFLINE``); :func:`download` fetches one.
+
+Everything ends up as :class:`Components` on one device and dtype. The sampler never reads files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import BadModel, BadOptions, ModelNotFound
+
+DEFAULT_HUB_MODEL = "timbrooks/instruct-pix2pix"
+BUNDLED_DIR = Path(__file__).parent / "data" / "models"
+KNOWN_HUB_MODELS = {
+    "timbrooks/instruct-pix2pix": "the original InstructPix2Pix (Brooks et al. 2023)",
+    "vinesmsuic/magicbrush-jul7": "MagicBrush fine-tune (Zhang et al. 2023), diffusers layout",
+}
+SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
+COMPONENT_NAMES = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass
+class Components:
+    """The parts of an InstructPix2Pix model, ready to run.
+
+    ``scheduler_config`` is a plain dict: the sampler builds a fresh scheduler from it for every
+    edit, so concurrent edits never share scheduler state.
+    """
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler_config: dict
+    name: str = "custom"
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def device(self):
+        return self.unet.device
+
+    @property
+    def dtype(self):
+        return self.unet.dtype
+
+    def to(self, device=None, dtype=None) -> Components:
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.to(device=device, dtype=dtype)
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# device and dtype
+
+
+def resolve_device(device: str | None = "auto"):
+    """``auto`` picks cuda, then mps, then cpu; an explicit device must exist."""
+    import torch
+
+    name = (device or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise BadOptions(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadOptions(f"device {device!r} asked for, but CUDA is not available on this machine")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise BadOptions(f"device {device!r} asked for, but MPS is not available on this machine")
+    return dev
+
+
+_DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
+           "half": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+def resolve_dtype(dtype: str | None, device) -> Any:
+    """``auto`` is fp16 on CUDA and fp32 elsewhere; fp16, bf16 and fp32 can be asked for."""
+    import torch
+
+    if dtype is None or isinstance(dtype, str) and dtype.lower() == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = _DTYPES.get(str(dtype).lower())
+    if name is None:
+        raise BadOptions(f"unknown dtype {dtype!r}; use auto, fp32, fp16 or bf16")
+    return getattr(torch, name)
+
+
+# --------------------------------------------------------------------------------------------
+# resolving a reference
+
+
+def bundled_models() -> dict[str, Path]:
+    """Names of the models shipped inside the package."""
+    if not BUNDLED_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(BUNDLED_DIR.iterdir()) if (p / "model_index.json").is_file()}
+
+
+def cached_hub_models() -> list[str]:
+    """Hub ids of diffusers models present in the local HF cache (no network)."""
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        info = scan_cache_dir()
+    except Exception:  # no cache yet, or unreadable: nothing cached
+        return []
+    found = []
+    for repo in info.repos:
+        if repo.repo_type != "model":
+            continue
+        if any(f.file_name == "model_index.json" for rev in repo.revisions for f in rev.files):
+            found.append(repo.repo_id)
+    return sorted(found)
+
+
+def is_in_hf_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(repo_id, "model_index.json")
+    except Exception:
+        return False
+    return isinstance(hit, str)
+
+
+def default_model() -> str:
+    """The model used when none is named: the full model if cached, else the bundled demo."""
+    if is_in_hf_cache(DEFAULT_HUB_MODEL):
+        return DEFAULT_HUB_MODEL
+    if "demo" in bundled_models():
+        return "demo"
+    raise ModelNotFound(
+        f"no model given, {DEFAULT_HUB_MODEL} is not in the local cache and no bundled demo model is "
+        f"installed; run `ip2p download` or pass --model PATH"
+    )
+
+
+def describe_default(name: str) -> str:
+    """The one line a surface prints about the model it uses by default."""
+    if name == "demo":
+        return (
+            "ip2p: using the bundled demo model (shapes world, 64x64); for real photos run "
+            f"`ip2p download` to get {DEFAULT_HUB_MODEL}"
+        )
+    return f"ip2p: using {name}"
+
+
+def _looks_like_hub_id(ref: str) -> bool:
+    parts = ref.split("/")
+    return len(parts) == 2 and all(parts) and not ref.startswith((".", "/", "~")) and not Path(ref).exists()
+
+
+def resolve_folder(ref: str) -> Path:
+    """Turn a bundled name, folder or hub id into a local diffusers folder (no network)."""
+    bundled = bundled_models()
+    if ref in bundled:
+        return bundled[ref]
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
+            raise BadModel(f"{ref}: folder has no model_index.json; it is not a diffusers model folder")
+        return path
+    if path.exists():
+        raise BadModel(f"{ref}: not a diffusers folder or a single-file checkpoint")
+    if not _looks_like_hub_id(ref):
+        known = ", ".join(sorted(bundled)) or "none installed"
+        raise ModelNotFound(f"model {ref!r} not found: not a file, a folder, a hub id or a bundled model ({known})")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(ref, local_files_only=True, allow_patterns=_hub_patterns()))
+    except Exception:
+        raise ModelNotFound(
+            f"model {ref!r} is not in the local Hugging Face cache ({_hf_cache_dir()}); "
+            f"get it with `ip2p download {ref}`"
+        ) from None
+
+
+def _hf_cache_dir() -> str:
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        return str(HF_HUB_CACHE)
+    except Exception:
+        return os.path.expanduser("~/.cache/huggingface/hub")
+
+
+def _hub_patterns() -> list[str]:
+    return [
+        "model_index.json",
+        *(f"{c}/*.json" for c in COMPONENT_NAMES),
+        "tokenizer/*.txt",
+        *(f"{c}/*.safetensors" for c in ("unet", "vae", "text_encoder")),
+    ]
+
+
+def download(ref: str = DEFAULT_HUB_MODEL, progress: bool = True) -> Path:
+    """Fetch a hub model into the HF cache; a one-line :class:`ModelNotFound` when offline."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(ref, allow_patterns=_hub_patterns()))
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelNotFound(f"could not download {ref!r} (offline or no such model?): {reason[:200]}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def _check_architecture(unet_config: dict, text_config: dict | None, where: str) -> None:
+    in_channels = unet_config.get("in_channels")
+    if unet_config.get("addition_embed_type") == "text_time" or unet_config.get("projection_class_embeddings_input_dim"):
+        raise BadModel(f"{where}: this is an SDXL-style UNet; ip2p runs SD-1.x InstructPix2Pix models")
+    if in_channels == 4:
+        raise BadModel(
+            f"{where}: UNet has 4 input channels, a text-to-image model; InstructPix2Pix needs 8 "
+            "(train one from it with `ip2p train`)"
+        )
+    if in_channels != 8:
+        raise BadModel(f"{where}: UNet has {in_channels} input channels; InstructPix2Pix needs 8")
+
+
+def load_folder(folder: str | Path, name: str | None = None) -> Components:
+    """Load a diffusers InstructPix2Pix folder on the CPU in float32."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    for part in ("unet", "vae", "text_encoder", "tokenizer"):
+        if not (folder / part).is_dir():
+            raise BadModel(f"{folder}: missing the {part}/ folder of a diffusers InstructPix2Pix model")
+    try:
+        unet_config = json.loads((folder / "unet" / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BadModel(f"{folder}: unreadable unet/config.json ({exc})") from None
+    _check_architecture(unet_config, None, str(folder))
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=torch.float32)
+        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadModel(f"{folder}: could not load the model: {first[:300]}") from None
+    scheduler_config = _read_scheduler_config(folder)
+    for module in (unet, vae, text_encoder):
+        module.eval().requires_grad_(False)
+    return Components(unet, vae, text_encoder, tokenizer, scheduler_config,
+                      name=name or folder.name, source=str(folder))
+
+
+def _read_scheduler_config(folder: Path) -> dict:
+    path = folder / "scheduler" / "scheduler_config.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            raise BadModel(f"{folder}: scheduler/scheduler_config.json is not valid JSON") from None
+    from .tiny import SD15_SCHEDULER_CONFIG
+
+    return dict(SD15_SCHEDULER_CONFIG)
+
+
+def load_components(model: str | Path | None = None, device="auto", dtype="auto") -> Components:
+    """Resolve ``model`` (see module docstring), load it and place it on ``device``/``dtype``."""
+    ref = str(model) if model is not None else default_model()
+    dev = resolve_device(device) if not hasattr(device, "type") else device
+    dt = resolve_dtype(dtype, dev)
+    path = Path(ref).expanduser()
+    if path.is_file():
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise BadModel(f"{ref}: not a model file (expected .ckpt or .safetensors)")
+        from .convert import load_single_file
+
+        components = load_single_file(path)
+    else:
+        folder = resolve_folder(ref)
+        components = load_folder(folder, name=ref)
+    components.name = ref
+    return components.to(dev, dt)
+
+
+def save_diffusers(components: Components, folder: str | Path) -> Path:
+    """Write a standard diffusers ``StableDiffusionInstructPix2PixPipeline`` folder (safetensors)."""
+    from .text import save_tokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    components.unet.save_pretrained(folder / "unet", safe_serialization=True)
+    components.vae.save_pretrained(folder / "vae", safe_serialization=True)
+    components.text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    save_tokenizer(components.tokenizer, folder / "tokenizer")
+    (folder / "scheduler").mkdir(exist_ok=True)
+    scheduler_config = dict(components.scheduler_config)
+    scheduler_config.setdefault("_class_name", "EulerAncestralDiscreteScheduler")
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2))
+    import diffusers
+
+    index = {
+        "_class_name": "StableDiffusionInstructPix2PixPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", scheduler_config["_class_name"]],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
