@@ -17,6 +17,7 @@ from .errors import Ip2pError
 #: Modules that add sub-commands (each has ``register(subparsers)``), in --help order.
 COMMAND_MODULES = (
     "ip2p.commands",
+    "ip2p.convert",
     "ip2p.batch",
     "ip2p.server",
     "ip2p.ui",

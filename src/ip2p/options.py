@@ -49,7 +49,7 @@ MAX_SEED = 2**63 - 1
 MAX_STEPS = 1000
 MAX_SCALE = 50.0
 MAX_IMAGES = 64
-MIN_RESOLUTION = 64
+MIN_RESOLUTION = 16
 MAX_RESOLUTION = 8192
 
 
@@ -82,7 +82,8 @@ def _number(name: str, value: Any, kind: type, lo: float, hi: float) -> Any:
 class EditOptions:
     """How to edit. Names follow diffusers; CLI flags are their kebab-case forms.
 
-    ``guidance_scale`` is the paper's text scale s_T, ``image_guidance_scale`` its image scale s_I
+    ``resolution`` is the long side of the working size; None means the model's native size
+    (512 for SD-1.5, 64 for the demo model). ``guidance_scale`` is the paper's text scale s_T, ``image_guidance_scale`` its image scale s_I
     (Brooks et al. 2023, eq. 3). ``seed`` None means "pick one"; :meth:`check` picks it so the
     result records the exact seed that was used.
     """
@@ -94,7 +95,7 @@ class EditOptions:
     scheduler: str = "euler_a"
     negative_prompt: str = ""
     num_images: int = 1
-    resolution: int = 512
+    resolution: int | None = None
     align: int = 8
     keep_working_size: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -109,7 +110,9 @@ class EditOptions:
             seed = secrets.randbelow(2**32)
         seed = _number("seed", seed, int, 0, MAX_SEED)
         num_images = _number("num_images", self.num_images, int, 1, MAX_IMAGES)
-        resolution = _number("resolution", self.resolution, int, MIN_RESOLUTION, MAX_RESOLUTION)
+        resolution = self.resolution
+        if resolution is not None:
+            resolution = _number("resolution", resolution, int, MIN_RESOLUTION, MAX_RESOLUTION)
         align = _number("align", self.align, int, 8, 64)
         if align not in (8, 64):
             raise BadOptions(f"align must be 8 or 64, got {self.align!r}")

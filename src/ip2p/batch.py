@@ -1,0 +1,538 @@
+"""``ip2p batch``: edit many images, resumably.
+
+A job is planned first, then run. Planning turns the inputs (folders, image files, text lists, or
+CSV/JSONL tables with an instruction per row) into *units*: one input image with its checked
+:class:`~ip2p.options.EditOptions`, its seeds and its output paths. The output tree mirrors the
+input tree. A unit whose outputs already exist and carry the same parameters (read back with
+:func:`ip2p.images.read_params`) is skipped, so rerunning an interrupted job resumes it. Because of
+that, batch seeds are never random: ``--seed`` defaults to 0 and output ``k`` of every input uses
+``seed + k`` (or the k-th of ``--seeds``), exactly as ``ip2p edit`` would for that one image.
+
+Running groups the remaining units by instruction, options and working size into batches of
+``--batch-size`` output images (the instruction is encoded once, :meth:`Editor.encode_instruction`
+caches it), writes each output atomically and appends one JSON line per unit to the manifest
+(``ok`` / ``skipped`` / ``failed`` with the one-line error). A bad input is recorded and skipped.
+A stop request (Ctrl-C) cancels the batch in flight at its next denoising step, lets writes that
+have started finish, flushes the manifest and exits with 130.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import inspect
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .errors import BadData, BadOptions, Cancelled, Ip2pError
+from .options import EditOptions
+
+#: Files a folder walk picks up as inputs.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+#: Output format name -> file extension.
+FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp"}
+#: Parameters that must match for an existing output to count as done. Execution details (dtype,
+#: device, ip2p version) may differ; the input's pixels may not.
+MATCH_KEYS = ("instruction", "negative_prompt", "steps", "guidance_scale", "image_guidance_scale", "seed",
+              "scheduler", "resolution", "align", "keep_working_size", "model", "input_sha256")
+#: Table columns that name the image and the instruction; every other column is an edit option.
+IMAGE_COLUMNS = ("image", "input", "path")
+INSTRUCTION_COLUMNS = ("instruction", "prompt", "edit")
+MANIFEST_NAME = "manifest.jsonl"
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass
+class Item:
+    """One input image as the user named it, before any model work."""
+
+    source: Path
+    rel: PurePosixPath  # where its outputs go under the output folder (suffix replaced later)
+    instruction: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # a problem found while reading a list (recorded as failed)
+
+
+def _rel_for(path_text: str, fallback_name: str) -> PurePosixPath:
+    rel = PurePosixPath(path_text.replace("\\", "/"))
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        return PurePosixPath(fallback_name)
+    return rel
+
+
+def _walk(folder: Path, skip: Path | None) -> list[Item]:
+    items = []
+    for root, dirs, files in os.walk(folder):
+        here = Path(root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (skip is None or (here / d).resolve() != skip))
+        for name in sorted(files):
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                path = here / name
+                items.append(Item(path, PurePosixPath(path.relative_to(folder).as_posix())))
+    return items
+
+
+def _row_item(base: Path, where: str, row: dict[str, Any]) -> Item:
+    """A CSV/JSONL row -> Item; problems become the item's error, not an exception."""
+    image_key = next((k for k in IMAGE_COLUMNS if row.get(k) not in (None, "")), None)
+    text_key = next((k for k in INSTRUCTION_COLUMNS if k in row), None)
+    instruction = row.get(text_key) if text_key else None
+    overrides = {k: v for k, v in row.items() if k not in IMAGE_COLUMNS + INSTRUCTION_COLUMNS and v not in (None, "")}
+    if image_key is None:
+        return Item(base / where, PurePosixPath(where.replace(":", "_")), error=f"{where}: no image column")
+    text = str(row[image_key])
+    path = Path(text).expanduser()
+    path = path if path.is_absolute() else base / path
+    item = Item(path, _rel_for(text, path.name), instruction or None, overrides)
+    try:
+        EditOptions.from_mapping(overrides).check()
+    except BadOptions as exc:
+        item.error = f"{where}: {exc}"
+    if instruction is not None and not isinstance(instruction, str):
+        item.error = f"{where}: instruction must be text"
+    return item
+
+
+def read_table(path: Path) -> list[Item]:
+    """Items from a CSV (header row) or JSONL (one object a line) file; paths are relative to it."""
+    base = path.parent
+    items: list[Item] = []
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadData(f"{path}: cannot read the list ({exc})") from None
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        columns = reader.fieldnames or []
+        if not any(c in columns for c in IMAGE_COLUMNS):
+            raise BadData(f"{path}: no 'image' column (columns: {', '.join(columns) or 'none'})")
+        for number, row in enumerate(reader, start=2):
+            items.append(_row_item(base, f"{path.name}:{number}", {k: v for k, v in row.items() if k}))
+        return items
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path.name}:{number}"
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            items.append(Item(path, PurePosixPath(f"{path.stem}-line{number}"), error=f"{where}: not a JSON object"))
+            continue
+        items.append(_row_item(base, where, row))
+    return items
+
+
+def read_path_list(path: Path) -> list[Item]:
+    """Items from a text file with one image path a line (blank lines and # comments ignored)."""
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadData(f"{path}: cannot read the list ({exc})") from None
+    items = []
+    for line in lines:
+        text = line.strip()
+        if text and not text.startswith("#"):
+            target = Path(text).expanduser()
+            target = target if target.is_absolute() else path.parent / target
+            items.append(Item(target, _rel_for(text, target.name)))
+    return items
+
+
+def collect_items(inputs: Sequence[str | Path], out_dir: Path) -> list[Item]:
+    """Expand folders, lists and tables into items. A named input that does not exist is a user
+    error (raised before any work); a bad entry inside a list becomes a failed item."""
+    skip = out_dir.resolve()
+    items: list[Item] = []
+    for given in inputs:
+        path = Path(given).expanduser()
+        if path.is_dir():
+            items.extend(_walk(path, skip))
+        elif not path.exists():
+            raise BadOptions(f"input {str(given)!r} does not exist")
+        elif path.suffix.lower() in (".csv", ".jsonl"):
+            items.extend(read_table(path))
+        elif path.suffix.lower() in (".txt", ".lst"):
+            items.extend(read_path_list(path))
+        else:
+            items.append(Item(path, PurePosixPath(path.name)))
+    return items
+
+
+# ------------------------------------------------------------------------------------------------
+# Planning
+
+
+@dataclass
+class Unit:
+    """One input image to edit: checked options, its seeds and where each output goes."""
+
+    item: Item
+    instruction: str = ""
+    options: EditOptions | None = None
+    seeds: list[int] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+    working: tuple[int, int] = (0, 0)
+    digest: str = ""
+    status: str = "pending"  # pending | skipped | failed | ok
+    error: str | None = None
+
+    def expected(self, k: int, model: str) -> dict[str, Any]:
+        """The parameters output ``k`` will carry, limited to :data:`MATCH_KEYS`."""
+        opts = self.options
+        assert opts is not None
+        return {
+            "instruction": self.instruction, "negative_prompt": opts.negative_prompt, "steps": opts.steps,
+            "guidance_scale": opts.guidance_scale, "image_guidance_scale": opts.image_guidance_scale,
+            "seed": self.seeds[k], "scheduler": opts.scheduler, "resolution": opts.resolution,
+            "align": opts.align, "keep_working_size": opts.keep_working_size, "model": model,
+            "input_sha256": self.digest,
+        }
+
+    def params_hash(self, model: str) -> str:
+        blob = json.dumps([self.expected(k, model) for k in range(len(self.seeds))], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def output_paths(rel: PurePosixPath, out_dir: Path, seeds: Sequence[int], suffix: str, variations: bool) -> list[Path]:
+    """``a/b.jpg`` -> ``OUT/a/b.png``; with variations ``OUT/a/b_s{seed}.png`` for each seed."""
+    target = out_dir / Path(*rel.parts)
+    if not variations:
+        return [target.with_suffix(suffix)]
+    return [target.with_name(f"{target.stem}_s{seed}{suffix}") for seed in seeds]
+
+
+def _same_params(path: Path, expected: dict[str, Any]) -> bool:
+    from .images import read_params
+
+    if not path.is_file():
+        return False
+    try:
+        stored = read_params(path)
+    except Ip2pError:
+        return False  # unreadable or foreign file: make it again
+    return all(k in stored and stored[k] == v for k, v in expected.items())
+
+
+def plan(
+    items: Iterable[Item],
+    *,
+    out_dir: Path,
+    instruction: str | None,
+    base: dict[str, Any],
+    seeds: Sequence[int] | None,
+    fmt: str,
+    model: str,
+    align_floor: int = 8,
+) -> list[Unit]:
+    """Check each item's options, compute its working size and decide whether it is already done.
+
+    ``base`` holds the options the user gave on the command line (canonical names); a table row
+    overrides them. ``align_floor`` is the model's VAE factor (the editor aligns to at least it).
+    """
+    from .editor import pixel_digest
+    from .images import load_image, working_size
+
+    suffix = FORMATS[fmt]
+    units: list[Unit] = []
+    claimed: dict[Path, str] = {}
+    for item in items:
+        unit = Unit(item)
+        units.append(unit)
+        if item.error:
+            unit.status, unit.error = "failed", item.error
+            continue
+        try:
+            values = {**base, **item.overrides}
+            values.setdefault("seed", 0)
+            opts = EditOptions.from_mapping(values).check()
+            unit.instruction = item.instruction if item.instruction is not None else (instruction or "")
+            if not unit.instruction.strip():
+                raise BadOptions("no instruction (give -i or an 'instruction' column)")
+            explicit = seeds if seeds and "seed" not in item.overrides and "num_images" not in item.overrides else None
+            unit.seeds = list(explicit) if explicit else [opts.seed + k for k in range(opts.num_images)]
+            unit.options = dataclasses.replace(opts, seed=unit.seeds[0], num_images=len(unit.seeds))
+            variations = len(unit.seeds) > 1 or bool(explicit)
+            unit.outputs = output_paths(item.rel, out_dir, unit.seeds, suffix, variations)
+            for path in unit.outputs:
+                if path in claimed:
+                    raise BadOptions(f"its output {path} is also the output of {claimed[path]}; rename one")
+                claimed[path] = str(item.source)
+            image = load_image(item.source)
+            unit.digest = pixel_digest(image)
+            unit.working = working_size(*image.size, resolution=opts.resolution, align=max(opts.align, align_floor))
+        except Ip2pError as exc:
+            unit.status, unit.error = "failed", str(exc)
+            continue
+        if all(_same_params(p, unit.expected(k, model)) for k, p in enumerate(unit.outputs)):
+            unit.status = "skipped"
+    return units
+
+
+def group(units: Sequence[Unit], batch_size: int) -> list[list[Unit]]:
+    """Pending units in batches of at most ``batch_size`` outputs (at least one unit each) that
+    share instruction, options (but seeds) and working size: one editor call per batch."""
+    groups: dict[tuple, list[Unit]] = {}
+    for unit in units:
+        if unit.status != "pending":
+            continue
+        assert unit.options is not None
+        key = (unit.instruction, dataclasses.replace(unit.options, seed=0), unit.working)
+        groups.setdefault(key, []).append(unit)
+    batches: list[list[Unit]] = []
+    for members in groups.values():
+        current: list[Unit] = []
+        for unit in members:
+            if current and sum(len(u.seeds) for u in current) + len(unit.seeds) > batch_size:
+                batches.append(current)
+                current = []
+            current.append(unit)
+        if current:
+            batches.append(current)
+    return batches
+
+
+# ------------------------------------------------------------------------------------------------
+# Running
+
+
+class Manifest:
+    """Append-only JSONL record of outcomes; every line is flushed and fsynced as it is written,
+    so a killed job leaves a manifest that is complete up to the last finished unit."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file = path.open("a", encoding="utf-8")
+        self.counts = {"ok": 0, "skipped": 0, "failed": 0}
+
+    def record(self, unit: Unit, status: str, model: str, error: str | None = None, seconds: float | None = None):
+        unit.status, unit.error = status, error
+        self.counts[status] += 1
+        entry = {
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "input": str(unit.item.source),
+            "outputs": [str(p) for p in unit.outputs],
+            "status": status,
+            "seeds": unit.seeds,
+            "params_hash": unit.params_hash(model) if unit.options is not None and unit.digest else None,
+            "error": error,
+            "seconds": None if seconds is None else round(seconds, 3),
+        }
+        self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _edit(editor, images, names, unit_seeds: list[list[int]], instruction: str, opts: EditOptions, callback,
+          batch_size: int):
+    """Edit a batch; returns (images, params), one per output, in unit order.
+
+    One editor call per batch when the editor takes explicit per-output seeds; otherwise one call
+    per (input, seed). The pixels are identical either way (the sampler draws each output's noise
+    from its own seeded generator); only the batching differs.
+    """
+    flat = [s for seeds in unit_seeds for s in seeds]
+    if "seeds" in inspect.signature(editor.edit_with).parameters:
+        opts = dataclasses.replace(opts, seed=flat[0], num_images=len(unit_seeds[0]))
+        result = editor.edit_with(images, instruction, opts, callback=callback, batch_size=batch_size,
+                                  input_names=names, seeds=flat)
+        return result.images, result.params
+    pictures, params = [], []
+    for image, name, seeds in zip(images, names, unit_seeds, strict=True):
+        for seed in seeds:
+            one = dataclasses.replace(opts, seed=seed, num_images=1)
+            result = editor.edit_with([image], instruction, one, callback=callback, input_names=[name])
+            pictures.extend(result.images)
+            params.extend(result.params)
+    return pictures, params
+
+
+def run_units(
+    units: Sequence[Unit],
+    get_editor: Callable[[], Any],
+    manifest: Manifest,
+    *,
+    model: str,
+    batch_size: int = 4,
+    stop: threading.Event | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> bool:
+    """Record planned outcomes, then edit every pending unit. Returns False when stopped early.
+
+    ``progress(n)`` is told each time ``n`` more outputs are written (or skipped as failed).
+    """
+    from .images import load_image, save_image
+
+    stop = stop or threading.Event()
+    for unit in units:
+        if unit.status in ("skipped", "failed"):
+            manifest.record(unit, unit.status, model, unit.error)
+
+    def check_stop(step: int, total: int) -> None:
+        if stop.is_set():
+            raise Cancelled("stopped by the user")
+
+    editor = None
+    for batch in group(units, batch_size):
+        if stop.is_set():
+            return False
+        started = time.perf_counter()
+        ready, images = [], []
+        for unit in batch:
+            try:
+                images.append(load_image(unit.item.source))
+                ready.append(unit)
+            except Ip2pError as exc:
+                manifest.record(unit, "failed", model, str(exc))
+                if progress:
+                    progress(len(unit.seeds))
+        if not ready:
+            continue
+        editor = editor or get_editor()
+        opts = ready[0].options
+        try:
+            pictures, params = _edit(editor, images, [str(u.item.source) for u in ready], [u.seeds for u in ready],
+                                     ready[0].instruction, opts, check_stop, batch_size)
+        except Cancelled:
+            return False
+        except Ip2pError as exc:
+            for unit in ready:
+                manifest.record(unit, "failed", model, str(exc))
+            continue
+        seconds = (time.perf_counter() - started) / len(ready)
+        offset = 0
+        for unit in ready:
+            try:
+                for k, path in enumerate(unit.outputs):
+                    save_image(pictures[offset + k], path, params[offset + k])
+                manifest.record(unit, "ok", model, seconds=seconds)
+            except Ip2pError as exc:
+                manifest.record(unit, "failed", model, str(exc))
+            offset += len(unit.seeds)
+            if progress:
+                progress(len(unit.seeds))
+    return not stop.is_set()
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _parse_seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        seeds = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise BadOptions(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise BadOptions("--seeds is empty")
+    if len(set(seeds)) != len(seeds):
+        raise BadOptions(f"--seeds repeats a seed: {text!r}")
+    for seed in seeds:
+        EditOptions(seed=seed).check()
+    return seeds
+
+
+def run(args) -> int:
+    from .commands import load_editor_for, options_from_args
+    from .models import default_model
+
+    if args.batch_size < 1:
+        raise BadOptions(f"--batch-size must be at least 1, got {args.batch_size}")
+    seeds = _parse_seeds(args.seeds)
+    if seeds and (args.seed is not None or args.num_images is not None):
+        raise BadOptions("give either --seeds or --seed/--num-images, not both")
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadOptions(f"output {args.output!r} exists and is not a folder")
+    base = options_from_args(args).to_dict()
+    base = {k: v for k, v in base.items() if getattr(args, k, None) is not None}
+    EditOptions.from_mapping(base).check()  # a bad flag fails here, once, not per image
+    items = collect_items(args.inputs, out_dir)
+    if not items:
+        raise BadOptions("no input images found (folders are searched for " + ", ".join(IMAGE_SUFFIXES) + ")")
+    model = str(args.model) if args.model is not None else default_model()
+    args.model = model
+    units = plan(items, out_dir=out_dir, instruction=args.instruction, base=base, seeds=seeds, fmt=args.format,
+                 model=model)
+    if args.instruction is None and all(u.status == "failed" and "no instruction" in (u.error or "") for u in units):
+        raise BadOptions("no instruction given (-i/--instruction, or an 'instruction' column in a CSV/JSONL list)")
+
+    stop = threading.Event()
+    interrupted: list[int] = []
+
+    def on_signal(signum, frame):  # first signal: finish cleanly; second: default behaviour
+        interrupted.append(signum)
+        stop.set()
+        signal.signal(signum, signal.SIG_DFL if signum != signal.SIGINT else signal.default_int_handler)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    manifest = Manifest(Path(args.manifest) if args.manifest else out_dir / MANIFEST_NAME)
+    pending = sum(len(u.seeds) for u in units if u.status == "pending")
+    bar = None
+    if not args.quiet and sys.stderr.isatty() and pending:
+        from tqdm import tqdm
+
+        bar = tqdm(total=pending, unit="img", desc="batch", file=sys.stderr, dynamic_ncols=True)
+    try:
+        finished = run_units(units, lambda: load_editor_for(args), manifest, model=model,
+                             batch_size=args.batch_size, stop=stop, progress=bar.update if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+        manifest.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    counts = manifest.counts
+    if not args.quiet:
+        print(f"batch: {counts['ok']} edited, {counts['skipped']} already done, {counts['failed']} failed; "
+              f"manifest {manifest.path}", file=sys.stderr)
+        for unit in units:
+            if unit.status == "failed":
+                print(f"  failed: {unit.error}", file=sys.stderr)
+    if not finished or interrupted:
+        if not args.quiet:
+            print("batch: stopped; run the same command again to resume", file=sys.stderr)
+        return 128 + (interrupted[0] if interrupted else signal.SIGINT)
+    return 1 if counts["failed"] else 0
+
+
+def register(sub) -> None:
+    from .commands import add_edit_options
+
+    p = sub.add_parser(
+        "batch", help="edit many images (folders, lists, CSV/JSONL); resumable",
+        description="Edit every input image and write the results under OUT_DIR, mirroring the input tree. "
+                    "Outputs that already exist with the same parameters are skipped, so rerunning an "
+                    "interrupted job resumes it. Exit code: 0 all done, 1 some inputs failed (see the "
+                    "manifest), 130 stopped by Ctrl-C, 2 a usage error.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image folder, image file, .txt list of paths, or .csv/.jsonl table "
+                        "(columns image, instruction, and optional edit options per row)")
+    p.add_argument("-i", "--instruction", "--prompt", dest="instruction",
+                   help="instruction for every image (a table's instruction column overrides it)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder")
+    p.add_argument("--format", default="png", choices=("png", "jpg", "webp"), help="output format (default png)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds, one output each (name_s{seed}.png)")
+    p.add_argument("--manifest", default=None, help=f"JSONL outcome log (default OUT_DIR/{MANIFEST_NAME})")
+    add_edit_options(p)
+    p.set_defaults(func=run)

@@ -1,0 +1,134 @@
+"""``ip2p shapes make|show`` and ``ip2p bench shapes``: thin front ends over the shapes library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import BadOptions
+
+
+def register(subparsers) -> None:
+    shapes = subparsers.add_parser("shapes", help="synthetic shapes world: write data sets, show examples")
+    sub = shapes.add_subparsers(dest="shapes_command", metavar="SUBCOMMAND", parser_class=type(shapes))
+    shapes.set_defaults(func=lambda args: _missing(shapes))
+
+    make = sub.add_parser("make", help="write a sharded, resumable data set of exact edit triplets")
+    make.add_argument("--n", type=int, default=1000, help="number of examples (default 1000)")
+    make.add_argument("--size", type=int, default=64, help="image side in pixels, 64-512 (default 64)")
+    make.add_argument("--out", required=True, help="output folder (rerun with the same options to resume)")
+    make.add_argument("--format", default="ip2p", help="ip2p | jsonl | hf (default ip2p)")
+    make.add_argument("--split", default="train", help="train | test (default train)")
+    make.add_argument("--start", type=int, default=0, help="first example seed (default 0)")
+    make.add_argument("--kinds", default=None, help="comma-separated edit kinds (default all)")
+    make.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    make.add_argument("--shard-size", type=int, default=500, help="examples per shard (default 500)")
+    make.set_defaults(func=run_make)
+
+    show = sub.add_parser("show", help="render one example as an input | edited | mask strip")
+    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--size", type=int, default=256)
+    show.add_argument("--split", default="train")
+    show.add_argument("--kind", default=None, help="edit kind (default: drawn from the seed)")
+    show.add_argument("--out", required=True, help="PNG file to write")
+    show.set_defaults(func=run_show)
+
+    bench = subparsers.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", parser_class=type(bench))
+    bench.set_defaults(func=lambda args: _missing(bench))
+    b = bench_sub.add_parser("shapes", help="exact per-kind scores on held-out shapes scenes")
+    b.add_argument("--model", default=None, help="model name, folder or file (default: the default model)")
+    b.add_argument("--n", type=int, default=500)
+    b.add_argument("--size", type=int, default=64)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--kinds", default=None, help="comma-separated edit kinds (default all)")
+    b.add_argument("--steps", type=int, default=20)
+    b.add_argument("--guidance-scale", type=float, default=7.5, help="text CFG s_T")
+    b.add_argument("--image-guidance-scale", type=float, default=1.5, help="image CFG s_I")
+    b.add_argument("--scheduler", default="euler_a")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--dtype", default="auto")
+    b.add_argument("--out", required=True, help="folder for report.md, report.json and grid.png")
+    b.set_defaults(func=run_bench)
+
+
+def _missing(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _kinds(text: str | None):
+    return None if not text else tuple(k.strip() for k in text.split(",") if k.strip())
+
+
+def _progress(total: int, unit: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+    def update(done: int, _total: int) -> None:
+        bar.update(done - bar.n)
+
+    return bar, update
+
+
+def run_make(args) -> int:
+    from .dataset import MakeOptions, make_dataset
+
+    opts = MakeOptions(
+        out=args.out, n=args.n, size=args.size, format=args.format, split=args.split, start=args.start,
+        kinds=_kinds(args.kinds), workers=args.workers, shard_size=args.shard_size,
+    ).check()
+    bar, update = _progress(opts.n, "ex")
+    try:
+        summary = make_dataset(opts, callback=update)
+    finally:
+        bar.close()
+    print(json.dumps(summary))
+    return 0
+
+
+def run_show(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from .dataset import png_bytes, write_atomic
+    from .edits import make_example
+
+    if not args.out.lower().endswith(".png"):
+        raise BadOptions(f"--out must be a .png file, got {args.out!r}")
+    ex = make_example(args.seed, args.size, kinds=None if args.kind is None else [args.kind], split=args.split)
+    before, after, mask = (np.asarray(im.convert("RGB")) for im in ex.images())
+    strip = Image.fromarray(np.concatenate([before, after, mask], axis=1))
+    from pathlib import Path
+
+    try:
+        write_atomic(Path(args.out), png_bytes(strip))
+    except OSError as exc:
+        raise BadOptions(f"cannot write {args.out}: {exc.strerror}") from exc
+    print(json.dumps({"out": args.out, **{k: v for k, v in ex.record().items() if k != "target"}}))
+    return 0
+
+
+def run_bench(args) -> int:
+    from .. import load_editor
+    from .bench import markdown_table, run_benchmark
+
+    editor = load_editor(args.model, device=args.device, dtype=args.dtype)
+    options = {
+        "steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "image_guidance_scale": args.image_guidance_scale,
+        "scheduler": args.scheduler,
+    }
+    bar, update = _progress(args.n, "edit")
+    try:
+        report = run_benchmark(
+            editor, n=args.n, size=args.size, seed=args.seed, out_dir=args.out, kinds=_kinds(args.kinds),
+            edit_options=options, callback=update,
+        )
+    finally:
+        bar.close()
+    sys.stdout.write(markdown_table(report["rows"], f"Shapes benchmark ({args.n} examples)"))
+    return 0

@@ -1,0 +1,397 @@
+"""Instruction templates: many wordings per edit kind, some held out from training.
+
+Each kind has at least 20 training templates (synonyms, word orders, polite and terse forms) and
+three held-out ones that never appear in training data; at least one held-out template per kind
+uses a word order no training template has (e.g. the slot first, or the verb last). The
+benchmark reports held-out templates as a column of their own, which measures generalisation to
+new wordings. A template id is ``"<kind>/<index>"``; held-out ids are ``"<kind>/h<index>"``.
+
+Slots: ``{obj}`` a referring expression ("the red circle", "the star on the left"), ``{color}``,
+``{thing}`` ("a blue star"), ``{place}`` ("in the top left corner"), ``{dir}`` (left, right, up,
+down), ``{adj}``/``{adj2}``/``{verb}`` (bigger/larger/enlarge or smaller/tinier/shrink), ``{n}``
+(two, three) and ``{things}`` ("circles", "red shapes").
+"""
+
+from __future__ import annotations
+
+import re
+
+from .color import COLORS
+from .scene import CAPTION_WORDS, KINDS, PLURALS, SIZES, fix_articles
+
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "recolor_object": (
+        "make {obj} {color}",
+        "turn {obj} {color}",
+        "paint {obj} {color}",
+        "color {obj} {color}",
+        "colour {obj} {color}",
+        "change {obj} to {color}",
+        "change the color of {obj} to {color}",
+        "change the colour of {obj} to {color}",
+        "recolor {obj} {color}",
+        "make {obj} {color} instead",
+        "please make {obj} {color}",
+        "could you turn {obj} {color}?",
+        "can you paint {obj} {color}?",
+        "{obj} should be {color}",
+        "{obj} in {color}",
+        "i want {obj} to be {color}",
+        "let {obj} be {color}",
+        "give {obj} a {color} color",
+        "switch {obj} to {color}",
+        "make the color of {obj} {color}",
+        "repaint {obj} in {color}",
+        "{color} for {obj}",
+    ),
+    "recolor_background": (
+        "make the background {color}",
+        "turn the background {color}",
+        "paint the background {color}",
+        "change the background to {color}",
+        "change the background color to {color}",
+        "change the colour of the background to {color}",
+        "color the background {color}",
+        "recolor the background {color}",
+        "a {color} background",
+        "{color} background",
+        "please make the background {color}",
+        "could you turn the background {color}?",
+        "can you make the backdrop {color}?",
+        "the background should be {color}",
+        "i want the background to be {color}",
+        "let the background be {color}",
+        "make the backdrop {color}",
+        "switch the background to {color}",
+        "give it a {color} background",
+        "put it on a {color} background",
+        "use a {color} background instead",
+        "repaint the background in {color}",
+    ),
+    "remove_object": (
+        "remove {obj}",
+        "delete {obj}",
+        "erase {obj}",
+        "get rid of {obj}",
+        "take away {obj}",
+        "take out {obj}",
+        "remove {obj} please",
+        "please remove {obj}",
+        "please delete {obj}",
+        "could you remove {obj}?",
+        "can you erase {obj}?",
+        "without {obj}",
+        "no {obj}",
+        "{obj} should go",
+        "{obj} should be gone",
+        "make {obj} disappear",
+        "i want {obj} gone",
+        "lose {obj}",
+        "drop {obj}",
+        "wipe out {obj}",
+        "clear away {obj}",
+        "remove {obj} from the picture",
+    ),
+    "add_object": (
+        "add {thing} {place}",
+        "put {thing} {place}",
+        "place {thing} {place}",
+        "draw {thing} {place}",
+        "insert {thing} {place}",
+        "add {thing} {place} please",
+        "please add {thing} {place}",
+        "please draw {thing} {place}",
+        "could you add {thing} {place}?",
+        "can you put {thing} {place}?",
+        "{place}, add {thing}",
+        "{place}, put {thing}",
+        "there should be {thing} {place}",
+        "i want {thing} {place}",
+        "give it {thing} {place}",
+        "include {thing} {place}",
+        "make a new shape {place}: {thing}",
+        "paint {thing} {place}",
+        "add in {thing} {place}",
+        "put in {thing} {place}",
+        "let there be {thing} {place}",
+        "add one more shape, {thing}, {place}",
+    ),
+    "move_object": (
+        "move {obj} {dir}",
+        "shift {obj} {dir}",
+        "nudge {obj} {dir}",
+        "slide {obj} {dir}",
+        "push {obj} {dir}",
+        "drag {obj} {dir}",
+        "move {obj} a bit {dir}",
+        "move {obj} further {dir}",
+        "move {obj} {dir} a little",
+        "shift {obj} {dir} slightly",
+        "please move {obj} {dir}",
+        "move {obj} {dir} please",
+        "could you move {obj} {dir}?",
+        "can you shift {obj} {dir}?",
+        "{obj} should move {dir}",
+        "{obj} goes {dir}",
+        "i want {obj} moved {dir}",
+        "take {obj} and move it {dir}",
+        "bump {obj} {dir}",
+        "reposition {obj} {dir}",
+        "{obj}: move it {dir}",
+        "put {obj} further {dir}",
+    ),
+    "resize_object": (
+        "make {obj} {adj}",
+        "make {obj} {adj2}",
+        "{verb} {obj}",
+        "please {verb} {obj}",
+        "please make {obj} {adj}",
+        "could you make {obj} {adj}?",
+        "can you {verb} {obj}?",
+        "{obj} should be {adj}",
+        "{obj} should be {adj2}",
+        "i want {obj} {adj}",
+        "make {obj} a bit {adj}",
+        "make {obj} a little {adj2}",
+        "{verb} {obj} a bit",
+        "{verb} {obj} please",
+        "resize {obj} to be {adj}",
+        "change the size of {obj}: {adj}",
+        "let {obj} be {adj}",
+        "turn {obj} {adj}",
+        "{obj}, but {adj}",
+        "draw {obj} {adj}",
+        "scale {obj} to be {adj2}",
+        "{obj}: make it {adj}",
+    ),
+    "grayscale": (
+        "make it black and white",
+        "make it grayscale",
+        "make it greyscale",
+        "turn it black and white",
+        "turn it into a black and white picture",
+        "convert it to grayscale",
+        "convert to black and white",
+        "remove the colors",
+        "remove all color",
+        "desaturate it",
+        "desaturate the image",
+        "black and white",
+        "grayscale",
+        "please make it black and white",
+        "could you make it grayscale?",
+        "can you remove the colours?",
+        "i want it in black and white",
+        "make it monochrome",
+        "drain the color out",
+        "no colors",
+        "make the picture gray",
+        "make it look like an old black and white photo",
+    ),
+    "invert": (
+        "invert the colors",
+        "invert the colours",
+        "invert it",
+        "invert the image",
+        "make it a negative",
+        "turn it into a negative",
+        "make it look like a photo negative",
+        "negative",
+        "inverted colors",
+        "please invert the colors",
+        "could you invert the image?",
+        "can you invert the colours?",
+        "i want the colors inverted",
+        "flip the colors",
+        "reverse the colors",
+        "swap every color for its opposite",
+        "use the opposite colors",
+        "make every color its opposite",
+        "invert everything",
+        "show the negative",
+        "colors inverted please",
+        "give it inverted colors",
+    ),
+    "darken": (
+        "make it night",
+        "make it nighttime",
+        "make it night time",
+        "turn it into night",
+        "turn day into night",
+        "night",
+        "at night",
+        "make it dark",
+        "make it darker",
+        "darken it",
+        "darken the image",
+        "darken the picture",
+        "please make it night",
+        "could you make it night?",
+        "can you darken it?",
+        "i want it at night",
+        "make it look like night",
+        "dim the lights",
+        "lower the brightness",
+        "make it evening",
+        "turn the lights off",
+        "make the scene dark",
+    ),
+    "brighten": (
+        "make it brighter",
+        "make it bright",
+        "brighten it",
+        "brighten the image",
+        "brighten the picture",
+        "increase the brightness",
+        "raise the brightness",
+        "more light",
+        "brighter",
+        "lighten it",
+        "lighten the image",
+        "please make it brighter",
+        "could you brighten it?",
+        "can you lighten the picture?",
+        "i want it brighter",
+        "make it look washed out",
+        "make it pale",
+        "fade the colors",
+        "make the colors lighter",
+        "turn up the brightness",
+        "make it look sunny and bright",
+        "add more light",
+    ),
+    "count_add": (
+        "add {n} more {things}",
+        "add {n} {things}",
+        "put {n} more {things}",
+        "draw {n} more {things}",
+        "insert {n} more {things}",
+        "add another {n} {things}",
+        "please add {n} more {things}",
+        "could you add {n} more {things}?",
+        "can you draw {n} more {things}?",
+        "i want {n} more {things}",
+        "there should be {n} more {things}",
+        "{n} more {things}",
+        "{n} more {things} please",
+        "add {n} extra {things}",
+        "give it {n} more {things}",
+        "include {n} more {things}",
+        "make {n} more {things}",
+        "put in {n} extra {things}",
+        "more {things}: {n} of them",
+        "add {n} additional {things}",
+        "paint {n} more {things}",
+        "let there be {n} more {things}",
+    ),
+    "count_remove": (
+        "remove all the {things}",
+        "remove all {things}",
+        "remove the {things}",
+        "delete all the {things}",
+        "erase all the {things}",
+        "get rid of all the {things}",
+        "take away all the {things}",
+        "take out every one of the {things}",
+        "please remove all the {things}",
+        "could you remove all the {things}?",
+        "can you delete the {things}?",
+        "no {things}",
+        "no more {things}",
+        "without any {things}",
+        "without the {things}",
+        "all the {things} should go",
+        "i want all the {things} gone",
+        "make all the {things} disappear",
+        "clear away the {things}",
+        "wipe out all the {things}",
+        "drop every one of the {things}",
+        "remove every single one of the {things}",
+    ),
+}
+
+#: Held-out templates (never in training data); the first of each has a new word order.
+HELD_OUT: dict[str, tuple[str, ...]] = {
+    "recolor_object": ("{color} is what {obj} should be", "kindly recolour {obj} {color}", "dye {obj} {color}"),
+    "recolor_background": (
+        "{color} is what the background should be",
+        "kindly recolour the background {color}",
+        "dye the background {color}",
+    ),
+    "remove_object": ("{obj}? remove it", "kindly eliminate {obj}", "banish {obj}"),
+    "add_object": ("{thing} {place}, please", "kindly sketch {thing} {place}", "stick {thing} {place}"),
+    "move_object": ("{dir} with {obj}", "kindly relocate {obj} {dir}", "let {obj} drift {dir}"),
+    "resize_object": ("{adj} is how {obj} should be", "kindly make {obj} {adj}", "rescale {obj} to be {adj2}"),
+    "grayscale": ("black and white is how it should be", "kindly strip the colour", "render it in shades of gray"),
+    "invert": ("the colors? invert them", "kindly invert the palette", "produce the negative image"),
+    "darken": ("night is what it should be", "kindly turn it into a dark night", "it should look like midnight"),
+    "brighten": ("brighter is how it should be", "kindly boost the brightness", "flood it with light"),
+    "count_add": ("{n} more {things}, add them", "kindly add {n} more {things}", "sprinkle in {n} more {things}"),
+    "count_remove": ("the {things}? remove them all", "kindly eliminate all the {things}", "banish every one of the {things}"),
+}
+
+EDIT_KINDS = tuple(TEMPLATES)
+
+#: What each slot can be filled with (the words, for the vocabulary).
+DIRECTIONS = ("left", "right", "up", "down")
+NUMBERS = {2: "two", 3: "three"}
+RESIZE_WORDS = {
+    "bigger": {"adj": "bigger", "adj2": "larger", "verb": "enlarge"},
+    "smaller": {"adj": "smaller", "adj2": "tinier", "verb": "shrink"},
+}
+PLACES = {
+    "on the left": (0.0, 0.25, 0.36, 0.75),
+    "on the right": (0.64, 0.25, 1.0, 0.75),
+    "at the top": (0.25, 0.0, 0.75, 0.36),
+    "at the bottom": (0.25, 0.64, 0.75, 1.0),
+    "in the top left corner": (0.0, 0.0, 0.36, 0.36),
+    "in the top right corner": (0.64, 0.0, 1.0, 0.36),
+    "in the bottom left corner": (0.0, 0.64, 0.36, 1.0),
+    "in the bottom right corner": (0.64, 0.64, 1.0, 1.0),
+    "in the middle": (0.32, 0.32, 0.68, 0.68),
+}
+#: Words of referring expressions and slot fillers beyond colours and kinds.
+REFERENCE_WORDS = "the a shape one object shapes objects on left right top bottom leftmost rightmost topmost lowest"
+
+_SLOT = re.compile(r"\{(\w+)\}")
+_WORD = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+", re.UNICODE)
+
+
+def templates_for(kind: str, held_out: bool) -> list[tuple[str, str]]:
+    """(template id, template) pairs of one kind, training or held-out."""
+    if held_out:
+        return [(f"{kind}/h{i}", t) for i, t in enumerate(HELD_OUT[kind])]
+    return [(f"{kind}/{i}", t) for i, t in enumerate(TEMPLATES[kind])]
+
+
+def template_by_id(template_id: str) -> str:
+    kind, _, index = template_id.partition("/")
+    if index.startswith("h"):
+        return HELD_OUT[kind][int(index[1:])]
+    return TEMPLATES[kind][int(index)]
+
+
+def fill(template: str, slots: dict[str, str]) -> str:
+    """Fill a template's ``{slots}`` (every slot it names must be given) and tidy spaces."""
+    text = _SLOT.sub(lambda m: slots[m.group(1)], template)
+    return fix_articles(" ".join(text.split()))
+
+
+def slots_of(template: str) -> set[str]:
+    return set(_SLOT.findall(template))
+
+
+def vocabulary() -> list[str]:
+    """Every word an instruction or caption of this world can contain, sorted (for a word-level tokenizer).
+
+    Words are split the way CLIP's pre-tokenizer splits them (lower case, punctuation apart).
+    """
+    texts = [_SLOT.sub(" ", t) for kind in TEMPLATES for t in TEMPLATES[kind] + HELD_OUT[kind]]
+    texts += list(COLORS) + list(KINDS) + list(PLURALS.values()) + list(SIZES) + list(DIRECTIONS)
+    texts += list(NUMBERS.values()) + [w for words in RESIZE_WORDS.values() for w in words.values()]
+    texts += list(PLACES) + [REFERENCE_WORDS, CAPTION_WORDS, GLOBAL_CAPTION_WORDS]
+    return sorted({w for text in texts for w in _WORD.findall(text.lower())})
+
+
+#: Words the output captions of global edits add.
+GLOBAL_CAPTION_WORDS = "a black and white picture of an inverted at night bright"

@@ -1,0 +1,146 @@
+"""Exact scoring of one edited image against a shapes example.
+
+Every kind has a success rule on the exact target (below) and every rule also requires that the
+pixels outside the change mask stay put: their mean absolute error (0-255) is at most
+``ScoreRules.preserve_mae``. Colour matches use CIE76 ΔE < 20 in Lab (palette colours are >= 40 apart).
+
+* recolor_object: >= 80 % of the object's pixels in the target are within ΔE 20 of the new colour.
+* recolor_background, remove_object and the global edits (grayscale, invert, darken, brighten):
+  of the pixels the edit changes strongly (ΔE(input, target) >= 20), >= 80 % are within ΔE 20
+  of the target (for a removal: the revealed background matches).
+* add_object: the blob of the new colour that best overlaps the target object has IoU >= 0.5 with it.
+* move_object / resize_object: that blob's centroid is within 6 % of the image side of the same blob
+  in the target and its area within a factor 1.35 of it.
+* count_add / count_remove: for every colour involved, the number of blobs (4-connected, >= 30 % of
+  the smallest shape's disc) equals the target's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..errors import BadImage
+from .color import COLORS, delta_e
+from .edits import Edit
+from .measure import (
+    MATCH_DELTA_E,
+    blobs,
+    centroid,
+    color_mask,
+    count_blobs,
+    min_blob_area,
+    psnr,
+    structure_similarity,
+)
+
+
+@dataclass(frozen=True)
+class ScoreRules:
+    """Thresholds of the success rules (see the module docstring)."""
+
+    delta_e: float = MATCH_DELTA_E
+    share: float = 0.8
+    preserve_mae: float = 12.0
+    iou: float = 0.5
+    centroid_tol: float = 0.06
+    area_ratio: float = 1.35
+    structure: float = 0.8
+
+
+def as_array(image, size: int) -> np.ndarray:
+    """An editor's output as (size, size, 3) uint8; other sizes are resized with Lanczos."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise BadImage(f"output array must be H x W x 3 uint8, got {image.shape} {image.dtype}")
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise BadImage(f"output must be a PIL image or a numpy array, got {type(image).__name__}")
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(image)
+
+
+def _share(hit: np.ndarray, where: np.ndarray) -> float:
+    n = int(where.sum())
+    return float(hit[where].sum()) / n if n else 0.0
+
+
+def _best_blob(output: np.ndarray, color: str, focus: np.ndarray, size: int, tol: float) -> np.ndarray | None:
+    """The blob of ``color`` overlapping ``focus`` most (or, with no overlap, the one nearest it)."""
+    found = blobs(color_mask(output, color, tol), min_blob_area(size))
+    if not found:
+        return None
+    overlap = [int((b & focus).sum()) for b in found]
+    if max(overlap) > 0:
+        return found[int(np.argmax(overlap))]
+    fx, fy = centroid(focus)
+    dist = [np.hypot(*(np.subtract(centroid(b), (fx, fy)))) for b in found]
+    return found[int(np.argmin(dist))]
+
+
+def _kind_hit(example: Edit, out: np.ndarray, rules: ScoreRules) -> tuple[bool, float]:
+    """(success of the kind's own rule, the measured quantity it thresholds)."""
+    kind, target, size = example.kind, example.target, example.size
+    if kind == "recolor_object":
+        near = delta_e(out, np.asarray(COLORS[target["color"]], dtype=np.float64)) < rules.delta_e
+        share = _share(near, example.focus_after)
+        return share >= rules.share, share
+    if kind in ("count_add", "count_remove"):
+        wrong = sum(abs(count_blobs(out, c, size) - n) for c, n in target["counts"].items())
+        return wrong == 0, float(wrong)
+    if kind in ("add_object", "move_object", "resize_object"):
+        focus = example.focus_after
+        blob = _best_blob(out, target["color"], focus, size, rules.delta_e)
+        if blob is None:
+            return False, 0.0
+        if kind == "add_object":
+            iou = float((blob & focus).sum()) / float((blob | focus).sum())
+            return iou >= rules.iou, iou
+        # compare like with like: the target's own blob, measured the same way
+        goal = _best_blob(example.after, target["color"], focus, size, rules.delta_e)
+        (bx, by), (gx, gy) = centroid(blob), centroid(goal)
+        off = float(np.hypot(bx - gx, by - gy)) / size
+        ratio = float(blob.sum()) / float(goal.sum())
+        ok = off <= rules.centroid_tol and max(ratio, 1 / ratio) <= rules.area_ratio
+        return ok, off
+    # recolor_background, remove_object and global edits: agreement where the edit is strong
+    strong = delta_e(example.before, example.after) >= rules.delta_e
+    share = _share(delta_e(out, example.after) < rules.delta_e, strong)
+    return share >= rules.share, share
+
+
+def score_edit(example: Edit, output_image, rules: ScoreRules | None = None) -> dict[str, Any]:
+    """Score ``output_image`` (PIL or uint8 array) as an attempt at ``example``.
+
+    Returns ``success`` (kind rule and preservation), ``kind_ok``, ``kind_measure``, ``psnr``
+    (to the target, dB, capped at 100), ``preservation_mae`` (outside the mask, 0-255; None when the
+    mask covers everything), ``edit_strength`` and ``target_strength`` (mean absolute change from the
+    input inside the mask, of the output and of the target), ``inside_mae`` (output vs target inside
+    the mask) and ``structure`` (edge-map correlation with the target, for identity preservation).
+    """
+    rules = rules or ScoreRules()
+    out = as_array(output_image, example.size)
+    out_f, before_f, after_f = (a.astype(np.float64) for a in (out, example.before, example.after))
+    mask = example.mask
+    outside = ~mask
+    preservation = float(np.abs(out_f - before_f)[outside].mean()) if outside.any() else None
+    preserved = preservation is None or preservation <= rules.preserve_mae
+    kind_ok, measure = _kind_hit(example, out, rules)
+    return {
+        "success": bool(kind_ok and preserved),
+        "kind_ok": bool(kind_ok),
+        "kind_measure": round(float(measure), 4),
+        "preserved": bool(preserved),
+        "psnr": round(psnr(out, example.after), 3),
+        "preservation_mae": None if preservation is None else round(preservation, 3),
+        "edit_strength": round(float(np.abs(out_f - before_f)[mask].mean()), 3),
+        "target_strength": round(float(np.abs(after_f - before_f)[mask].mean()), 3),
+        "inside_mae": round(float(np.abs(out_f - after_f)[mask].mean()), 3),
+        "structure": round(structure_similarity(out, example.after), 4),
+        "mask_share": round(float(mask.mean()), 4),
+    }

@@ -1,0 +1,296 @@
+"""Training configuration: a typed tree loaded from YAML and checked once.
+
+``TrainConfig`` has five sections (``model``, ``vae``, ``data``, ``optim``, ``run``). Loading is
+strict: an unknown key anywhere is a :class:`BadOptions` naming it and its section, so a typo never
+silently trains with a default. This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadOptions
+
+START_KINDS = ("text2image", "ip2p", "scratch")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+PRECISIONS = ("no", "fp16", "bf16")
+DATA_FORMATS = ("auto", "ip2p", "hf", "jsonl")
+
+
+@dataclass
+class ModelConfig:
+    """Where training starts and what is trained.
+
+    ``start``: ``text2image`` widens an SD-1.x model's UNet to 8 input channels (paper Sec. 3.2),
+    ``ip2p`` fine-tunes an InstructPix2Pix model, ``scratch`` builds a small model (VAE and text
+    encoder too) sized by the ``unet_*``/``text_*``/``vae_*`` keys.
+    """
+
+    start: str = "text2image"
+    base: str | None = None  # hub id, diffusers folder or single file (not for scratch)
+    prediction_type: str | None = None  # None keeps the base model's
+    train_text_encoder: bool | None = None  # default: only when starting from scratch
+    gradient_checkpointing: bool = False
+    lora_rank: int = 0  # > 0 trains LoRA adapters (peft) instead of the full UNet
+    lora_alpha: float | None = None  # default: the rank (scale 1)
+    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    # from-scratch architecture
+    unet_widths: list[int] = field(default_factory=lambda: [64, 128, 256])
+    unet_layers_per_block: int = 1
+    unet_attention_head_dim: int = 8
+    text_hidden_size: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    text_max_length: int = 32
+    vae_widths: list[int] = field(default_factory=lambda: [32, 64, 64])
+    vae_latent_channels: int = 4
+    vae_layers_per_block: int = 1
+
+
+@dataclass
+class VaeConfig:
+    """The first stage of a from-scratch run: the autoencoder, trained alone and then frozen.
+
+    Loss = L1 reconstruction + ``kl_weight`` * KL(q(z|x) || N(0, I)); a small KL weight keeps the
+    latent space smooth without blurring (Rombach et al. 2022, Sec. 3).
+    """
+
+    steps: int = 2000
+    lr: float = 2e-4
+    batch_size: int = 16
+    kl_weight: float = 1e-6
+    l2_weight: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    """The edit-pair data set and how samples become tensors."""
+
+    path: str = ""
+    format: str = "auto"
+    split: str = "train"
+    input_column: str = "input_image"
+    instruction_column: str = "edit_prompt"
+    edited_column: str = "edited_image"
+    resolution: int = 256
+    resize_max: int | None = None  # resize the short side to U[resolution, resize_max], then crop
+    random_crop: bool = True
+    flip: bool = True
+    max_samples: int | None = None
+    num_workers: int = 0
+    cache_latents: str = "auto"  # auto: when the VAE is frozen and augmentation is off
+    validation_count: int = 4  # the first N valid samples are the fixed validation edits
+
+
+@dataclass
+class OptimConfig:
+    """AdamW, constant LR after linear warm-up, clipping, accumulation, EMA, conditioning dropout."""
+
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 1e-2
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    batch_size: int = 4  # per process, per micro-step
+    grad_accum: int = 1
+    ema_decay: float = 0.9999
+    drop_text: float = 0.05  # paper Sec. 3.2.1: 5 % text only, 5 % image only, 5 % both
+    drop_image: float = 0.05
+    drop_both: float = 0.05
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/ip2p"
+    max_steps: int = 1000  # optimizer steps
+    seed: int = 0
+    mixed_precision: str = "no"
+    device: str = "auto"  # auto, cpu or cuda (accelerate picks the GPU of each process)
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    validation_every: int = 0  # 0 = only at the end
+    validation_steps: int = 20
+    validation_text_scale: float = 7.5
+    validation_image_scale: float = 1.5
+    tensorboard: bool = True
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    vae: VaeConfig = field(default_factory=VaeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    # ------------------------------------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, mapping: dict[str, Any] | None) -> TrainConfig:
+        """Build from nested dicts; unknown sections or keys raise :class:`BadOptions`."""
+        mapping = dict(mapping or {})
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(mapping) - set(sections))
+        if unknown:
+            raise BadOptions(f"unknown config section {unknown[0]!r}; known: {', '.join(sections)}")
+        built = {}
+        for name, f in sections.items():
+            value = mapping.get(name) or {}
+            if not isinstance(value, dict):
+                raise BadOptions(f"config section {name!r} must be a mapping, got {type(value).__name__}")
+            built[name] = _build_section(f.default_factory, name, value)
+        return cls(**built)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        import yaml
+
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise BadOptions(f"cannot read config {path}: {exc.strerror or exc}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0]
+            raise BadOptions(f"{path}: not valid YAML ({first})") from None
+        if data is not None and not isinstance(data, dict):
+            raise BadOptions(f"{path}: a config is a mapping of sections (model, vae, data, optim, run)")
+        return cls.from_mapping(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        if self.model.train_text_encoder is None:
+            return self.model.start == "scratch"
+        return self.model.train_text_encoder
+
+    @property
+    def augments(self) -> bool:
+        d = self.data
+        return d.flip or d.random_crop or (d.resize_max is not None and d.resize_max > d.resolution)
+
+    def check(self) -> TrainConfig:
+        """Validate every value once; returns ``self`` so calls chain."""
+        m, v, d, o, r = self.model, self.vae, self.data, self.optim, self.run
+        _choice("model.start", m.start, START_KINDS)
+        if m.start != "scratch" and not m.base:
+            raise BadOptions(f"model.base is required when model.start is {m.start!r} (a hub id, folder or file)")
+        if m.prediction_type is not None:
+            _choice("model.prediction_type", m.prediction_type, PREDICTION_TYPES)
+        _positive("model.lora_rank", m.lora_rank, zero_ok=True)
+        if m.lora_rank and m.start == "scratch":
+            raise BadOptions("model.lora_rank: LoRA adapts a pretrained UNet; a scratch model trains fully")
+        if m.start == "scratch":
+            for key in ("unet_widths", "vae_widths"):
+                widths = getattr(m, key)
+                if not widths or any(not isinstance(w, int) or w < 32 or w % 32 for w in widths):
+                    raise BadOptions(f"model.{key} must be a list of multiples of 32 (GroupNorm groups), got {widths}")
+            if len(m.unet_widths) < 2:
+                raise BadOptions("model.unet_widths needs at least two levels")
+            if m.text_hidden_size % m.text_heads:
+                raise BadOptions("model.text_hidden_size must be a multiple of model.text_heads")
+            for key in ("unet_layers_per_block", "unet_attention_head_dim", "text_layers", "text_max_length",
+                        "vae_latent_channels", "vae_layers_per_block"):
+                _positive(f"model.{key}", getattr(m, key))
+            _positive("vae.steps", v.steps, zero_ok=True)
+            _positive("vae.batch_size", v.batch_size)
+            _positive("vae.lr", v.lr)
+        if not d.path:
+            raise BadOptions("data.path is required (a seeds.json folder, a metadata.jsonl, or a datasets path)")
+        _choice("data.format", d.format, DATA_FORMATS)
+        _positive("data.resolution", d.resolution)
+        if d.resolution % 8:
+            raise BadOptions(f"data.resolution must be a multiple of 8, got {d.resolution}")
+        if isinstance(d.resize_max, int) and d.resize_max < d.resolution:
+            raise BadOptions("data.resize_max must be at least data.resolution")
+        _choice("data.cache_latents", str(d.cache_latents).lower(), ("auto", "true", "false"))
+        d.cache_latents = str(d.cache_latents).lower()
+        if d.cache_latents == "true" and self.augments:
+            raise BadOptions("data.cache_latents: latents can only be cached with augmentation off (random_crop, "
+                             "flip, resize_max): a flipped or re-cropped image has a different latent")
+        _positive("data.num_workers", d.num_workers, zero_ok=True)
+        _positive("data.validation_count", d.validation_count, zero_ok=True)
+        for key in ("max_samples", "resize_max"):
+            if getattr(d, key) is not None:
+                _positive(f"data.{key}", getattr(d, key))
+        for key in ("lr", "batch_size", "grad_accum", "eps"):
+            _positive(f"optim.{key}", getattr(o, key))
+        _positive("optim.warmup_steps", o.warmup_steps, zero_ok=True)
+        _positive("optim.weight_decay", o.weight_decay, zero_ok=True)
+        _positive("optim.max_grad_norm", o.max_grad_norm, zero_ok=True)
+        if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+            raise BadOptions(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
+        if not 0 <= o.ema_decay < 1:
+            raise BadOptions(f"optim.ema_decay must be in [0, 1), got {o.ema_decay}")
+        for key in ("drop_text", "drop_image", "drop_both"):
+            if not 0 <= getattr(o, key) <= 1:
+                raise BadOptions(f"optim.{key} must be a probability in [0, 1]")
+        if o.drop_text + o.drop_image + o.drop_both > 1:
+            raise BadOptions("optim.drop_text + drop_image + drop_both must not exceed 1")
+        _positive("run.max_steps", r.max_steps)
+        _choice("run.mixed_precision", r.mixed_precision, PRECISIONS)
+        for key in ("checkpoint_every", "log_every", "validation_every", "keep_checkpoints"):
+            _positive(f"run.{key}", getattr(r, key), zero_ok=True)
+        _positive("run.validation_steps", r.validation_steps)
+        if not r.output_dir:
+            raise BadOptions("run.output_dir is required")
+        return self
+
+
+def _build_section(factory, section: str, values: dict[str, Any]):
+    default = factory()
+    fields = {f.name: f for f in dataclasses.fields(default)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise BadOptions(f"unknown key {section}.{unknown[0]!r}; known keys: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _coerce(f"{section}.{name}", getattr(default, name), value)
+    return dataclasses.replace(default, **kwargs)
+
+
+def _coerce(name: str, default: Any, value: Any) -> Any:
+    """Type-check a YAML value against the field's default (None-able fields accept anything sane)."""
+    if value is None:
+        return None
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise BadOptions(f"{name} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadOptions(f"{name} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise BadOptions(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            raise BadOptions(f"{name} must be a list, got {value!r}")
+        return value
+    if isinstance(default, str):
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise BadOptions(f"{name} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise BadOptions(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _positive(name: str, value: Any, zero_ok: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadOptions(f"{name} must be a number, got {value!r}")
+    if value < 0 or (value == 0 and not zero_ok):
+        raise BadOptions(f"{name} must be {'>= 0' if zero_ok else '> 0'}, got {value}")

@@ -1,0 +1,510 @@
+"""The training loop: InstructPix2Pix's objective, data-parallel through accelerate, exactly resumable.
+
+Objective (Brooks et al. 2023, Eq. 2): with z = s * E(x_edited) (a posterior sample, ``s`` the
+VAE's scaling_factor), z_t = sqrt(a_t) z + sqrt(1 - a_t) eps and c_I = E(x_input) (the posterior
+mode, unscaled, exactly what the sampler concatenates at inference), minimise
+|| target - e(z_t, t, c_I, c_T) ||^2 where target is eps or v = sqrt(a_t) eps - sqrt(1 - a_t) z.
+Classifier-free guidance needs the unconditional branches, so c_T is replaced by the embedding of
+"" and c_I by zeros for a configurable share of samples (5 % each, 5 % both; Sec. 3.2.1).
+
+Every random draw of the loop (timesteps, noise, posterior samples, dropout) comes from one
+generator per process whose state is checkpointed with the data-stream position, so a run that is
+stopped and resumed computes the same losses and weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import BadData, BadOptions, Cancelled
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data import EditPairDataset, StreamSampler, collate, open_source
+from .model import EMA, load_start, prepare_trainable, trainable_state
+
+log = logging.getLogger("ip2p.train")
+
+
+@dataclass
+class TrainEvent:
+    """What a progress callback receives. ``kind``: stage, step, checkpoint, validation, warning, done."""
+
+    kind: str
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+    lr: float | None = None
+    stage: str = "unet"
+    message: str = ""
+    path: str | None = None
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model_dir: Path | None
+    steps: int
+    losses: list[float] = field(default_factory=list)  # one per optimizer step of this session
+    bad_samples: int = 0
+    samples_per_second: float = 0.0
+
+
+Callback = Callable[[TrainEvent], None]
+
+
+def train(config: TrainConfig, *, resume: bool = False, callback: Callback | None = None,
+          export: bool = True) -> TrainResult:
+    """Train per ``config`` (checked here); ``callback`` may raise :class:`Cancelled` to stop.
+
+    A stop through the callback writes a checkpoint of the last finished step first, so
+    ``train(config, resume=True)`` carries on exactly.
+    """
+    return _Trainer(config.check(), resume, callback).run(export)
+
+
+class _Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool, callback: Callback | None):
+        self.cfg, self.resume, self.callback = cfg, resume, callback
+        self.out = Path(cfg.run.output_dir).expanduser()
+        self.accelerator = _make_accelerator(cfg)
+        self.warned: set[int] = set()
+        self.bad_count = 0
+
+    # ---------------------------------------------------------------------------------------
+    def emit(self, kind: str, **fields: Any) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        if self.callback is not None:
+            self.callback(TrainEvent(kind, **fields))
+        elif kind == "warning":
+            log.warning(fields.get("message", ""))
+
+    def run(self, export: bool) -> TrainResult:
+        cfg, acc = self.cfg, self.accelerator
+        latest = ckpt.latest_checkpoint(self.out)
+        base_dir = self.out / "base"
+        if not self.resume and (latest or base_dir.exists()):
+            raise BadOptions(f"{self.out} already holds a run; pass --resume to continue it or choose another "
+                             "--output")
+        self.out.mkdir(parents=True, exist_ok=True)
+        source = open_source(cfg.data)
+        size = min(len(source), cfg.data.max_samples or len(source))
+        if source.bad_at_index:
+            self.bad_count += len(source.bad_at_index)
+            self.emit("warning", message=f"{len(source.bad_at_index)} bad rows skipped while indexing the data set "
+                                         f"(first: {source.bad_at_index[0]})")
+        dataset = EditPairDataset(source, cfg.data)
+        self.validation = self._validation_samples(source, size)
+
+        components = self._base_model(base_dir, source, dataset, size)
+        self.components = components
+        denoiser = prepare_trainable(components, cfg)
+        state = None
+        if self.resume and latest is not None:
+            state = ckpt.load_rank_state(latest, acc.process_index, acc.num_processes)
+            _load_into(denoiser, ckpt.load_weights(latest, "trainable"))
+        self.ema = EMA(trainable_state(denoiser), cfg.optim.ema_decay)
+        if state is not None:
+            self.ema.load_state_dict(ckpt.load_weights(latest, "ema"))
+
+        o = cfg.optim
+        params = [p for p in denoiser.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min(1.0, (s + 1) / o.warmup_steps) if o.warmup_steps else 1.0)
+        if state is not None:
+            saved = torch.load(latest / "optimizer.pt", weights_only=False)
+            optimizer.load_state_dict(saved["optimizer"])
+            schedule.load_state_dict(saved["schedule"])
+        self.model, self.optimizer = acc.prepare(denoiser, optimizer)
+        if state is not None and acc.scaler is not None and saved.get("scaler"):
+            acc.scaler.load_state_dict(saved["scaler"])
+        self.schedule, self.params = schedule, params
+        self.denoiser = denoiser
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.run.mixed_precision, torch.float32)
+        frozen = [components.vae] + ([] if cfg.trains_text_encoder else [components.text_encoder])
+        for module in frozen:
+            _place(module, acc.device, weight_dtype)
+        self.weight_dtype = weight_dtype
+
+        from diffusers import DDPMScheduler
+
+        sched_cfg = {k: v for k, v in components.scheduler_config.items() if not k.startswith("_")}
+        self.noise_scheduler = DDPMScheduler.from_config(sched_cfg)
+        self.prediction_type = components.scheduler_config["prediction_type"]
+        tok = components.tokenizer
+        self.empty_ids = tok([""], padding="max_length", max_length=tok.model_max_length, truncation=True,
+                             return_tensors="pt").input_ids
+
+        loader_data = self._cached_dataset(dataset, size) if self._caches() else dataset
+        generator = torch.Generator().manual_seed(cfg.run.seed * 7 + 1000 + acc.process_index)
+        step, position = 0, 0
+        if state is not None:
+            ckpt.restore_rng(state["rng"], generator)
+            step, position = ckpt.read_state(latest)["step"], state["position"]
+        self.generator = generator
+        return self._loop(loader_data, size, step, position, export)
+
+    # ---------------------------------------------------------------------------------------
+    def _base_model(self, base_dir: Path, source, dataset, size: int):
+        """The step-0 model: read back from ``base/`` on resume, else built (and the VAE stage run)."""
+        from ..models import load_folder
+
+        cfg, acc = self.cfg, self.accelerator
+        if self.resume and (base_dir / "model_index.json").is_file():
+            components = load_folder(base_dir, name=cfg.model.base or "scratch")
+            return components
+        components = load_start(cfg, source.instructions())
+        if cfg.model.start == "scratch" and cfg.vae.steps:
+            self.emit("stage", stage="vae", total=cfg.vae.steps, message="training the autoencoder")
+            from .vae_stage import train_vae
+
+            loss = train_vae(components.vae, dataset, cfg, acc, self.emit, size)
+            components.vae.to("cpu")
+            self.emit("stage", stage="vae-done", message=f"autoencoder trained: L1 {loss:.4f}, scaling factor "
+                                                         f"{components.vae.config.scaling_factor:.4f}")
+        if acc.is_main_process:
+            from ..models import save_diffusers
+
+            tmp = self.out / ".tmp-base"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_diffusers(components, tmp)
+            shutil.rmtree(base_dir, ignore_errors=True)
+            os.replace(tmp, base_dir)
+        acc.wait_for_everyone()
+        return components
+
+    def _validation_samples(self, source, size: int) -> list[dict]:
+        """The first ``validation_count`` valid samples, center-cropped; none valid at all is BadData."""
+        import dataclasses
+
+        plain = EditPairDataset(source, dataclasses.replace(self.cfg.data, random_crop=False, flip=False,
+                                                            resize_max=None))
+        wanted, found, first_error = max(1, self.cfg.data.validation_count), [], None
+        for index in range(size):
+            item = plain[(index, 0)]
+            if "bad" in item:
+                first_error = first_error or item["bad"]
+                continue
+            found.append(item)
+            if len(found) >= wanted:
+                break
+        if not found:
+            raise BadData(f"data set {self.cfg.data.path!r} has no valid sample (first problem: {first_error})")
+        return found[: self.cfg.data.validation_count]
+
+    def _caches(self) -> bool:
+        mode = self.cfg.data.cache_latents
+        return mode == "true" or (mode == "auto" and not self.cfg.augments)
+
+    @torch.no_grad()
+    def _cached_dataset(self, dataset: EditPairDataset, size: int) -> list[dict]:
+        """VAE latents of every sample, encoded once (valid only without augmentation)."""
+        vae, acc = self.components.vae, self.accelerator
+        items: list[dict] = []
+        for index in range(size):
+            item = dataset[(index, 0)]
+            if "bad" in item:
+                items.append(item)
+                continue
+            pixels = torch.stack([item["input"], item["edited"]]).to(acc.device, self.weight_dtype)
+            dist = vae.encode(pixels).latent_dist
+            items.append({"index": index, "text": item["text"], "input_latent": dist.mode()[0].float().cpu(),
+                          "edited_mean": dist.mean[1].float().cpu(), "edited_logvar": dist.logvar[1].float().cpu()})
+        return _Cached(items)
+
+    # ---------------------------------------------------------------------------------------
+    def _loop(self, data, size: int, step: int, position: int, export: bool) -> TrainResult:
+        cfg, acc, r = self.cfg, self.accelerator, self.cfg.run
+        o = cfg.optim
+        sampler = StreamSampler(size, o.batch_size, r.seed, acc.process_index, acc.num_processes, start=position)
+        loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate,
+                                             num_workers=cfg.data.num_workers,
+                                             persistent_workers=cfg.data.num_workers > 0)
+        batches = iter(loader)
+        self.position = position
+        logger = _Logger(self.out, step, acc.is_main_process, r.tensorboard, self.emit)
+        losses: list[float] = []
+        start_step, t0, samples = step, time.perf_counter(), 0
+        self.emit("stage", stage="unet", step=step, total=r.max_steps, message="training the denoiser")
+        try:
+            while step < r.max_steps:
+                total = torch.zeros((), device=acc.device)
+                for micro in range(o.grad_accum):
+                    batch = self._next_batch(batches)
+                    samples += len(batch["index"]) * acc.num_processes
+                    sync = contextlib.nullcontext() if micro == o.grad_accum - 1 else acc.no_sync(self.model)
+                    with sync:
+                        with acc.autocast():
+                            loss = self._loss(batch)
+                        acc.backward(loss / o.grad_accum)
+                    total += loss.detach() / o.grad_accum
+                if o.max_grad_norm:
+                    acc.clip_grad_norm_(self.params, o.max_grad_norm)
+                self.optimizer.step()
+                self.schedule.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                step += 1
+                self.ema.update(trainable_state(self.denoiser), step)
+                value = acc.reduce(total, "mean").item()
+                losses.append(value)
+                lr = self.schedule.get_last_lr()[0]
+                elapsed = time.perf_counter() - t0
+                logger.add(step, value, lr, samples / max(elapsed, 1e-9), sampler.epoch_of(self.position), r.log_every)
+                self.emit("step", step=step, total=r.max_steps, loss=value, lr=lr)
+                if r.checkpoint_every and step % r.checkpoint_every == 0:
+                    self._checkpoint(step)
+                if r.validation_every and step % r.validation_every == 0:
+                    self._validate(step)
+        except Cancelled:
+            if step > start_step and (not r.checkpoint_every or step % r.checkpoint_every):
+                self._checkpoint(step)
+            logger.close()
+            raise
+        logger.close()
+        if r.checkpoint_every and step % r.checkpoint_every and step > start_step:
+            self._checkpoint(step)
+        model_dir = None
+        if export:
+            if not r.validation_every or step % r.validation_every:
+                self._validate(step)
+            model_dir = self._export()
+        rate = samples / max(time.perf_counter() - t0, 1e-9)
+        self.emit("done", step=step, total=r.max_steps, path=str(model_dir) if model_dir else None)
+        return TrainResult(self.out, model_dir, step, losses, self.bad_count, rate)
+
+    def _next_batch(self, batches) -> dict:
+        """The next batch with at least one good sample; bad samples are counted and warned once."""
+        while True:
+            batch = next(batches)
+            self.position += 1
+            for index, reason in batch["bad"]:
+                self.bad_count += 1
+                if index not in self.warned:
+                    self.warned.add(index)
+                    self.emit("warning", message=f"skipping bad sample {index}: {reason}")
+            if batch["index"]:
+                return batch
+
+    def _loss(self, batch: dict) -> torch.Tensor:
+        acc, gen, o = self.accelerator, self.generator, self.cfg.optim
+        vae = self.components.vae
+        device = acc.device
+        with torch.no_grad():
+            if "input_latent" in batch:
+                image_latents = batch["input_latent"].to(device)
+                noise = torch.randn(batch["edited_mean"].shape, generator=gen)
+                edited = batch["edited_mean"] + torch.exp(0.5 * batch["edited_logvar"]) * noise
+                latents = edited.to(device) * vae.config.scaling_factor
+            else:
+                n = batch["input"].shape[0]
+                pixels = torch.cat([batch["input"], batch["edited"]]).to(device, self.weight_dtype)
+                dist = vae.encode(pixels).latent_dist
+                image_latents = dist.mode()[:n].float()
+                noise = torch.randn(dist.mean[n:].shape, generator=gen).to(device)
+                latents = (dist.mean[n:].float() + dist.std[n:].float() * noise) * vae.config.scaling_factor
+            b = latents.shape[0]
+            noise = torch.randn(latents.shape, generator=gen).to(device)
+            timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=gen).to(device)
+            noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+            if self.prediction_type == "v_prediction":
+                target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+            else:
+                target = noise
+            # One uniform draw per sample picks its dropout case: [text | both | image | none].
+            u = torch.rand(b, generator=gen)
+            drop_text = u < o.drop_text + o.drop_both
+            drop_image = (u >= o.drop_text) & (u < o.drop_text + o.drop_both + o.drop_image)
+            tok = self.components.tokenizer
+            ids = tok(batch["text"], padding="max_length", max_length=tok.model_max_length, truncation=True,
+                      return_tensors="pt").input_ids
+            ids = torch.where(drop_text[:, None], self.empty_ids.expand_as(ids), ids).to(device)
+            image_latents = image_latents * (~drop_image).to(device, image_latents.dtype)[:, None, None, None]
+        pred = self.model(noisy, image_latents, timesteps, ids, tok.pad_token_id)
+        return F.mse_loss(pred.float(), target.float())
+
+    # ---------------------------------------------------------------------------------------
+    def _checkpoint(self, step: int) -> None:
+        acc = self.accelerator
+        optimizer_state = {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                           "scaler": acc.scaler.state_dict() if acc.scaler is not None else None}
+        rank_state = {"rng": ckpt.capture_rng(self.generator), "position": self.position}
+        path = ckpt.save_checkpoint(acc, self.out, step, trainable=trainable_state(self.denoiser),
+                                    ema=self.ema.state_dict(), optimizer_state=optimizer_state,
+                                    config=self.cfg.to_dict(), rank_state=rank_state,
+                                    keep=self.cfg.run.keep_checkpoints)
+        self.emit("checkpoint", step=step, total=self.cfg.run.max_steps, path=str(path))
+
+    @contextlib.contextmanager
+    def _ema_weights(self):
+        """Temporarily put the EMA weights into the live model (for validation and export)."""
+        backup = {n: p.detach().clone() for n, p in trainable_state(self.denoiser).items()}
+        self.ema.copy_to(self.denoiser)
+        try:
+            yield
+        finally:
+            params = dict(self.denoiser.named_parameters())
+            with torch.no_grad():
+                for name, value in backup.items():
+                    params[name].copy_(value)
+
+    def _validate(self, step: int) -> None:
+        """Edit the fixed validation samples with the EMA model; save input | target | edit rows."""
+        acc, r = self.accelerator, self.cfg.run
+        if not self.validation or not acc.is_main_process:
+            acc.wait_for_everyone()
+            return
+        from ..editor import Editor
+        from .export import grid
+
+        c = self.components
+        modules = (c.unet, c.vae, c.text_encoder)
+        dtypes = [next(m.parameters()).dtype for m in modules]
+        with self._ema_weights():
+            for module in modules:
+                _place(module, None, torch.float32).eval()
+            editor = Editor(c)
+            rows = []
+            for item in self.validation:
+                source, target = _to_image(item["input"]), _to_image(item["edited"])
+                result = editor.edit(source, item["text"], steps=r.validation_steps, seed=r.seed,
+                                     guidance_scale=r.validation_text_scale,
+                                     image_guidance_scale=r.validation_image_scale,
+                                     resolution=max(64, *source.size), keep_working_size=True)
+                rows.append((source, target, result.images[0], item["text"]))
+        for module, dtype in zip(modules, dtypes, strict=True):
+            _place(module, None, dtype)
+        c.unet.train()
+        if self.cfg.trains_text_encoder:
+            c.text_encoder.train()
+        path = self.out / "validation" / f"step-{step:07d}.png"
+        grid(rows, path)
+        self.emit("validation", step=step, total=r.max_steps, path=str(path))
+        acc.wait_for_everyone()
+
+    def _export(self) -> Path | None:
+        """Write the EMA model as a diffusers folder ``model/`` (main process), atomically."""
+        acc = self.accelerator
+        target = self.out / "model"
+        if acc.is_main_process:
+            from .export import export_components
+
+            with self._ema_weights():
+                export_components(self.components, self.cfg, target)
+        acc.wait_for_everyone()
+        return target
+
+
+class _Cached(torch.utils.data.Dataset):
+    def __init__(self, items: list[dict]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        return self.items[item[0]]
+
+
+def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(module.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+    if missing:
+        raise BadData(f"checkpoint lacks {len(missing)} trained weights (e.g. {missing[0]}); it belongs to "
+                      "another model config")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+def _place(module: torch.nn.Module, device, dtype: torch.dtype) -> torch.nn.Module:
+    """Move and cast only when needed (diffusers warns on every cast, even a no-op one)."""
+    if device is not None:
+        module.to(device)
+    if next(module.parameters()).dtype != dtype:
+        module.to(dtype)
+    return module
+
+
+def _to_image(tensor: torch.Tensor):
+    from PIL import Image
+
+    array = ((tensor.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(array)
+
+
+def _make_accelerator(cfg: TrainConfig):
+    try:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+    except ImportError:
+        raise BadOptions("training needs the `accelerate` package (pip install 'ip2p[train]')") from None
+    device = cfg.run.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BadOptions("run.device is cuda but CUDA is not available on this machine")
+    if cfg.run.mixed_precision == "fp16" and (device == "cpu" or not torch.cuda.is_available()):
+        raise BadOptions("run.mixed_precision fp16 needs a CUDA device; use bf16 or no on the CPU")
+    try:
+        return Accelerator(mixed_precision=cfg.run.mixed_precision, cpu=device == "cpu",
+                           kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+    except (ValueError, RuntimeError) as exc:
+        raise BadOptions(f"cannot set up training on this machine: {str(exc).splitlines()[0]}") from None
+
+
+class _Logger:
+    """Loss and LR to ``log.csv`` (always) and TensorBoard (when installed), main process only."""
+
+    FIELDS = ("step", "loss", "lr", "samples_per_s", "epoch")
+
+    def __init__(self, out: Path, step: int, enabled: bool, tensorboard: bool, emit: Callable):
+        self.enabled, self.writer, self.pending = enabled, None, []
+        if not enabled:
+            return
+        self.path = out / "log.csv"
+        rows = []
+        if self.path.is_file():  # a resumed run drops rows past its checkpoint
+            with self.path.open(newline="") as handle:
+                rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= step]
+        tmp = self.path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, self.FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1)
+            except ImportError:
+                emit("warning", message="tensorboard is not installed: logging to log.csv only")
+
+    def add(self, step: int, loss: float, lr: float, rate: float, epoch: float, every: int) -> None:
+        if not self.enabled:
+            return
+        self.pending.append(loss)
+        if every and step % every:
+            return
+        mean = sum(self.pending) / len(self.pending)
+        self.pending = []
+        with self.path.open("a", newline="") as handle:
+            csv.writer(handle).writerow([step, f"{mean:.6g}", f"{lr:.6g}", f"{rate:.4g}", f"{epoch:.4f}"])
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", mean, step)
+            self.writer.add_scalar("train/lr", lr, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,252 @@
+"""The model being trained: starting points, the 8-channel widening, LoRA and EMA.
+
+InstructPix2Pix conditions the UNet on the input image by concatenating its latent to the noisy
+latent along channels (Brooks et al. 2023, Sec. 3.2), so a text-to-image UNet's first convolution
+grows from 4 to 8 input channels. The new channels start at zero and the old kernel and bias are
+kept, so at step 0 the widened model is exactly the text-to-image model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import BadModel
+from ..models import Components
+from .config import TrainConfig
+
+# --------------------------------------------------------------------------------------------
+# widening
+
+
+def widen_conv_in(unet, in_channels: int = 8):
+    """Give ``unet`` ``in_channels`` inputs; extra kernel slices are zero, old weights and bias kept."""
+    old = unet.conv_in
+    if old.in_channels == in_channels:
+        return unet
+    if old.in_channels > in_channels:
+        raise BadModel(f"UNet already has {old.in_channels} input channels; cannot widen to {in_channels}")
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                    bias=old.bias is not None, dtype=old.weight.dtype, device=old.weight.device)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=in_channels)
+    return unet
+
+
+# --------------------------------------------------------------------------------------------
+# starting points
+
+
+def load_start(cfg: TrainConfig, instructions: list[str]) -> Components:
+    """The model at step 0, on the CPU in float32, with the configured prediction type."""
+    m = cfg.model
+    if m.start == "scratch":
+        components = build_scratch(cfg, instructions)
+    elif m.start == "ip2p":
+        from ..models import load_components
+
+        components = load_components(m.base, device="cpu", dtype="fp32")
+    else:
+        components = load_text2image(m.base)
+        widen_conv_in(components.unet, 2 * components.vae.config.latent_channels)
+    if m.prediction_type:
+        components.scheduler_config = dict(components.scheduler_config, prediction_type=m.prediction_type)
+    components.scheduler_config.setdefault("prediction_type", "epsilon")
+    return components
+
+
+def load_text2image(ref: str) -> Components:
+    """An SD-1.x text-to-image model (folder, cached hub id or single file) with a 4-channel UNet."""
+    from ..models import SINGLE_FILE_SUFFIXES, resolve_folder
+
+    path = Path(ref).expanduser()
+    if path.is_file():
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise BadModel(f"{ref}: not a model file (expected .ckpt or .safetensors)")
+        from ..convert import load_single_file
+
+        components = load_single_file(path)
+    else:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        folder = resolve_folder(ref)
+        try:
+            unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
+            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
+            text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=torch.float32)
+            tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BadModel(f"{ref}: could not load the model: {first[:300]}") from None
+        sched = folder / "scheduler" / "scheduler_config.json"
+        if sched.is_file():
+            scheduler_config = json.loads(sched.read_text())
+        else:
+            from ..tiny import SD15_SCHEDULER_CONFIG
+
+            scheduler_config = dict(SD15_SCHEDULER_CONFIG)
+        components = Components(unet, vae, text_encoder, tokenizer, scheduler_config, name=str(ref), source=str(folder))
+    if components.unet.config.in_channels != components.vae.config.latent_channels:
+        raise BadModel(f"{ref}: UNet has {components.unet.config.in_channels} input channels; model.start "
+                       "text2image expects a text-to-image model (use start: ip2p for an InstructPix2Pix model)")
+    return components
+
+
+def build_scratch(cfg: TrainConfig, instructions: list[str]) -> Components:
+    """A small random model whose tokenizer knows every word of the data set's instructions."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ..text import build_clip_tokenizer
+    from ..tiny import SD15_SCHEDULER_CONFIG
+
+    m = cfg.model
+    torch.manual_seed(cfg.run.seed)
+    tokenizer = build_clip_tokenizer(instructions, max_length=m.text_max_length)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=m.text_hidden_size, intermediate_size=4 * m.text_hidden_size,
+        num_hidden_layers=m.text_layers, num_attention_heads=m.text_heads,
+        max_position_embeddings=m.text_max_length, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+    levels = len(m.vae_widths)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=m.vae_latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=tuple(m.vae_widths), layers_per_block=m.vae_layers_per_block, norm_num_groups=32,
+        sample_size=cfg.data.resolution,
+    )
+    n = len(m.unet_widths)
+    unet = UNet2DConditionModel(
+        sample_size=cfg.data.resolution // 2 ** (levels - 1),
+        in_channels=2 * m.vae_latent_channels, out_channels=m.vae_latent_channels,
+        block_out_channels=tuple(m.unet_widths), layers_per_block=m.unet_layers_per_block,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        cross_attention_dim=m.text_hidden_size, attention_head_dim=m.unet_attention_head_dim, norm_num_groups=32,
+    )
+    return Components(unet, vae, text_encoder, tokenizer, dict(SD15_SCHEDULER_CONFIG),
+                      name="scratch", source="ip2p train")
+
+
+# --------------------------------------------------------------------------------------------
+# the trained module
+
+
+class Denoiser(nn.Module):
+    """UNet plus text encoder as one module, so data-parallel wrapping covers whatever trains.
+
+    ``forward`` is the paper's conditional denoiser: e(z_t, t, E(c_I), c_T) with the image latent
+    concatenated to the noisy latent along channels.
+    """
+
+    def __init__(self, unet, text_encoder, train_text_encoder: bool):
+        super().__init__()
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.train_text_encoder = train_text_encoder
+
+    def encode_text(self, input_ids: torch.Tensor, pad_id: int | None = None) -> torch.Tensor:
+        mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False) and pad_id is not None:
+            mask = (input_ids != pad_id).long()
+        with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
+            return self.text_encoder(input_ids, attention_mask=mask)[0]
+
+    def forward(self, noisy: torch.Tensor, image_latents: torch.Tensor, timesteps: torch.Tensor,
+                input_ids: torch.Tensor, pad_id: int | None = None) -> torch.Tensor:
+        text = self.encode_text(input_ids, pad_id).to(noisy.dtype)
+        return self.unet(torch.cat([noisy, image_latents], dim=1), timesteps, text).sample
+
+
+def prepare_trainable(components: Components, cfg: TrainConfig) -> Denoiser:
+    """Freeze what stays fixed, add LoRA if asked, switch on gradient checkpointing."""
+    m = cfg.model
+    unet, text_encoder = components.unet, components.text_encoder
+    components.vae.requires_grad_(False).eval()
+    text_encoder.requires_grad_(cfg.trains_text_encoder)
+    text_encoder.train(cfg.trains_text_encoder)
+    if m.lora_rank:
+        add_lora(unet, cfg)
+    else:
+        unet.requires_grad_(True)
+    unet.train()
+    if m.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if cfg.trains_text_encoder:
+            text_encoder.gradient_checkpointing_enable()
+    return Denoiser(unet, text_encoder, cfg.trains_text_encoder)
+
+
+def add_lora(unet, cfg: TrainConfig) -> None:
+    """LoRA adapters (Hu et al. 2021) on the attention projections; a widened conv_in trains fully."""
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise BadModel("model.lora_rank needs the `peft` package (pip install 'ip2p[train]')") from None
+    m = cfg.model
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha or m.lora_rank,
+                                target_modules=list(m.lora_targets), init_lora_weights="gaussian"))
+    for name, param in unet.named_parameters():
+        if "lora_" in name or (m.start == "text2image" and name.startswith("conv_in.")):
+            param.requires_grad_(True)
+
+
+def merge_lora(unet) -> None:
+    """Fold LoRA weights into the base layers and remove the adapters (a plain UNet again)."""
+    if getattr(unet, "_hf_peft_config_loaded", False):
+        unet.fuse_lora()
+        unet.unload_lora()
+
+
+def trainable_state(denoiser: Denoiser) -> dict[str, torch.Tensor]:
+    return {n: p.detach() for n, p in denoiser.named_parameters() if p.requires_grad}
+
+
+# --------------------------------------------------------------------------------------------
+# EMA
+
+
+class EMA:
+    """Exponential moving average of the trainable weights, kept in float32.
+
+    ``decay_t = min(decay, (1 + t) / (10 + t))``: the warm-up keeps early averages from being
+    dominated by the random initialisation of a short run.
+    """
+
+    def __init__(self, params: dict[str, torch.Tensor], decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().float().clone() for n, p in params.items()}
+
+    @torch.no_grad()
+    def update(self, params: dict[str, torch.Tensor], step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for name, param in params.items():
+            self.shadow[name].lerp_(param.detach().float(), 1 - decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.shadow) - set(state)
+        if missing:
+            raise BadModel(f"checkpoint EMA lacks {len(missing)} weights (e.g. {sorted(missing)[0]}); "
+                           "was it written with another model config?")
+        for name in self.shadow:
+            self.shadow[name].copy_(state[name])
+
+    @torch.no_grad()
+    def copy_to(self, denoiser: nn.Module) -> None:
+        params = dict(denoiser.named_parameters())
+        for name, value in self.shadow.items():
+            params[name].copy_(value.to(params[name].dtype))

@@ -1,0 +1,87 @@
+"""The shapes benchmark: aggregation and reports with real scores, and one end-to-end run with a tiny model."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ip2p.errors import BadOptions, Cancelled
+from ip2p.shapes import EDIT_KINDS, make_example
+from ip2p.shapes.bench import IDENTITY_ROW, run_benchmark
+
+
+class Oracle:
+    """An 'editor' that returns the exact target (or the input, or noise): no model, real pixels."""
+
+    model_name = "oracle"
+
+    def __init__(self, mode):
+        self.mode, self.calls = mode, []
+
+    def edit(self, images, instruction, **options):
+        self.calls.append((instruction, options))
+        given = np.asarray(images[0])
+        ex = next(e for e in self._examples if e.instruction == instruction and np.array_equal(e.before, given))
+        out = {"perfect": ex.after, "identity": ex.before}.get(self.mode)
+        if out is None:
+            out = np.random.default_rng(options["seed"]).integers(0, 256, ex.before.shape, dtype=np.uint8)
+        return SimpleNamespace(images=[Image.fromarray(out)])
+
+    def prepare(self, n, size, seed=0):
+        self._examples = [make_example(seed + i, size, kinds=[EDIT_KINDS[i % len(EDIT_KINDS)]], split="test")
+                          for i in range(n)]
+        return self
+
+
+def test_perfect_identity_and_noise_reports(tmp_path):
+    n = 24
+    perfect = run_benchmark(Oracle("perfect").prepare(n, 64), n=n, size=64, out_dir=tmp_path / "p")
+    rows = perfect["rows"]
+    assert set(EDIT_KINDS) <= set(rows) and {"counting", "spatial moves", IDENTITY_ROW, "all"} <= set(rows)
+    assert all(rows[k]["success"] == 1.0 for k in EDIT_KINDS) and rows["all"]["psnr"] == 100.0
+    assert rows["all"]["success_held_out"] == 1.0 and rows["all"]["success_seen"] == 1.0
+    identity = run_benchmark(Oracle("identity").prepare(n, 64), n=n, size=64)["rows"]
+    assert all(identity[k]["success"] == 0.0 for k in EDIT_KINDS)
+    assert identity["all"]["edit_strength"] == 0.0 and identity["all"]["preservation_mae"] == 0.0
+    noise = run_benchmark(Oracle("noise").prepare(n, 64), n=n, size=64)["rows"]
+    assert noise["all"]["success"] == 0.0 and noise["all"]["preservation_mae"] > 50
+    # report files
+    md = (tmp_path / "p" / "report.md").read_text()
+    assert "| counting |" in md and "held-out templates" in md
+    data = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert len(data["examples"]) == n and data["rows"]["all"]["n"] == n
+    grid = Image.open(tmp_path / "p" / "grid.png")
+    assert grid.size[0] == 3 * 128 and grid.size[1] > 128
+
+
+def test_options_callback_and_cancel():
+    editor = Oracle("perfect").prepare(3, 64, seed=10)
+    seen = []
+    run_benchmark(editor, n=3, size=64, seed=10, edit_options={"steps": 5}, callback=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert [o["seed"] for _, o in editor.calls] == [10, 11, 12] and editor.calls[0][1]["steps"] == 5
+    assert editor.calls[0][1]["resolution"] == 64
+
+    def cancel(done, total):
+        raise Cancelled("stop")
+
+    with pytest.raises(Cancelled):
+        run_benchmark(editor, n=3, size=64, seed=10, callback=cancel)
+    with pytest.raises(BadOptions):
+        run_benchmark(editor, n=0)
+
+
+@pytest.mark.slow
+def test_end_to_end_with_tiny_random_model(tmp_path):
+    editor_mod = pytest.importorskip("ip2p.editor")
+    from ip2p.tiny import build_tiny_components
+
+    editor = editor_mod.Editor(build_tiny_components())
+    report = run_benchmark(editor, n=4, size=64, out_dir=tmp_path, edit_options={"steps": 2}, grid_examples=4)
+    for name in ("report.md", "report.json", "grid.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    for row in report["rows"].values():
+        assert 0.0 <= row["success"] <= 1.0 and 0 <= row["psnr"] <= 100
+        assert row["preservation_mae"] is None or 0 <= row["preservation_mae"] <= 255

@@ -1,0 +1,111 @@
+"""Writing shapes data sets: the three formats, exact PNGs, resuming after a kill, the CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ip2p.cli import main
+from ip2p.errors import BadOptions
+from ip2p.shapes import make_example
+from ip2p.shapes.dataset import MakeOptions, make_dataset
+
+
+def test_ip2p_format(tmp_path):
+    summary = make_dataset(MakeOptions(out=str(tmp_path), n=12, format="ip2p", shard_size=5, workers=2))
+    assert summary["written"] == 12
+    seeds = json.loads((tmp_path / "seeds.json").read_text())
+    assert [s for _, [s] in seeds] == list(range(12))
+    folder, [seed] = seeds[3]
+    prompt = json.loads((tmp_path / folder / "prompt.json").read_text())
+    ex = make_example(seed, 64)
+    assert prompt["edit"] == ex.instruction and prompt["caption"] == ex.caption and prompt["output"] == ex.output_caption
+    assert prompt["kind"] == ex.kind
+    before = np.asarray(Image.open(tmp_path / folder / f"{seed}_0.png"))
+    after = np.asarray(Image.open(tmp_path / folder / f"{seed}_1.png"))
+    mask = np.asarray(Image.open(tmp_path / folder / prompt["mask"]))
+    assert np.array_equal(before, ex.before) and np.array_equal(after, ex.after)
+    assert np.array_equal(mask > 0, ex.mask)
+
+
+def test_jsonl_format(tmp_path):
+    make_dataset(MakeOptions(out=str(tmp_path), n=7, size=96, format="jsonl", workers=1, split="test"))
+    lines = [json.loads(x) for x in (tmp_path / "metadata.jsonl").read_text().splitlines()]
+    assert len(lines) == 7
+    rec = lines[2]
+    for key in ("input_image", "edit_prompt", "edited_image", "kind", "caption", "output_caption", "mask_image",
+                "template_id", "split"):
+        assert key in rec
+    ex = make_example(rec["seed"], 96, split="test")
+    assert rec["split"] == "test" and rec["edit_prompt"] == ex.instruction
+    assert np.array_equal(np.asarray(Image.open(tmp_path / rec["edited_image"])), ex.after)
+
+
+def test_hf_format_loads_with_datasets(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    make_dataset(MakeOptions(out=str(tmp_path), n=9, format="hf", shard_size=4, workers=2))
+    files = sorted(str(p) for p in (tmp_path / "data").glob("*.parquet"))
+    assert len(files) == 3 and files[0].endswith("train-00000-of-00003.parquet")
+    ds = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "cache"))
+    assert len(ds) == 9
+    row = ds[4]
+    ex = make_example(row["seed"], 64)
+    assert row["edit_prompt"] == ex.instruction and row["kind"] == ex.kind
+    assert isinstance(row["input_image"], Image.Image)
+    assert np.array_equal(np.asarray(row["edited_image"]), ex.after)
+    assert np.array_equal(np.asarray(row["mask_image"]) > 0, ex.mask)
+
+
+def test_bad_options_and_mismatched_resume(tmp_path):
+    with pytest.raises(BadOptions, match="format"):
+        make_dataset(MakeOptions(out=str(tmp_path / "a"), n=3, format="tar"))
+    with pytest.raises(BadOptions, match="size"):
+        make_dataset(MakeOptions(out=str(tmp_path / "a"), n=3, size=1024))
+    make_dataset(MakeOptions(out=str(tmp_path / "b"), n=3, workers=1))
+    with pytest.raises(BadOptions, match="size=64"):
+        make_dataset(MakeOptions(out=str(tmp_path / "b"), n=3, size=96, workers=1))
+
+
+def test_killed_run_resumes_without_redoing_or_duplicating(tmp_path):
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "ip2p", "shapes", "make", "--n", "400", "--out", str(out), "--format", "jsonl",
+           "--shard-size", "20", "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list((out / ".shards").glob("*.json"))) < 3:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = {p.name: p.stat().st_mtime_ns for p in (out / ".shards").glob("*.json")}
+    assert 3 <= len(done) < 20 and not (out / "metadata.jsonl").exists()
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["skipped"] == 20 * len(done) and summary["written"] == 400 - summary["skipped"]
+    # finished shards were not rewritten
+    assert all((out / ".shards" / name).stat().st_mtime_ns == t for name, t in done.items())
+    lines = [json.loads(x) for x in (out / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(r["seed"] for r in lines) == list(range(400))
+    assert len(list((out / "images").glob("*.png"))) == 3 * 400
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_cli_show_and_errors(tmp_path, capsys):
+    target = tmp_path / "strip.png"
+    assert main(["shapes", "show", "--seed", "3", "--size", "64", "--out", str(target)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    strip = Image.open(target)
+    assert strip.size == (192, 64) and info["edit_prompt"] == make_example(3, 64).instruction
+    assert main(["shapes", "show", "--seed", "3", "--size", "20", "--out", str(target)]) == 2
+    assert "size" in capsys.readouterr().err
+    assert main(["shapes", "make", "--n", "2", "--out", str(tmp_path / "m"), "--format", "zip"]) == 2
+    assert "--format" in capsys.readouterr().err
+    assert main(["shapes", "make", "--n", "3", "--out", str(tmp_path / "m"), "--workers", "1"]) == 0
+    assert Path(tmp_path / "m" / "seeds.json").exists()
