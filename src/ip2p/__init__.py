@@ -1,6 +1,6 @@
 """ip2p: instruction-guided image editing with InstructPix2Pix (Brooks, Holynski, Efros 2023)."""
 
-from .errors import BadImage, BadModel, BadOptions, Ip2pError, ModelNotFound, OutOfMemory
+from .errors import BadImage, BadModel, BadOptions, ImageTooLarge, Ip2pError, ModelNotFound, OutOfMemory
 from .options import EditOptions
 
 __version__ = "0.1.0"
@@ -10,6 +10,7 @@ __all__ = [
     "BadModel",
     "BadOptions",
     "EditOptions",
+    "ImageTooLarge",
     "Ip2pError",
     "ModelNotFound",
     "OutOfMemory",
