@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import inspect
 import json
 import os
 import signal
@@ -343,26 +342,15 @@ class Manifest:
 
 def _edit(editor, images, names, unit_seeds: list[list[int]], instruction: str, opts: EditOptions, callback,
           batch_size: int):
-    """Edit a batch; returns (images, params), one per output, in unit order.
+    """Edit a batch as one editor call; returns (images, params), one per output, in unit order.
 
-    One editor call per batch when the editor takes explicit per-output seeds; otherwise one call
-    per (input, seed). The pixels are identical either way (the sampler draws each output's noise
-    from its own seeded generator); only the batching differs.
+    Each output's noise comes from its own seeded generator, so pixels do not depend on batching.
     """
     flat = [s for seeds in unit_seeds for s in seeds]
-    if "seeds" in inspect.signature(editor.edit_with).parameters:
-        opts = dataclasses.replace(opts, seed=flat[0], num_images=len(unit_seeds[0]))
-        result = editor.edit_with(images, instruction, opts, callback=callback, batch_size=batch_size,
-                                  input_names=names, seeds=flat)
-        return result.images, result.params
-    pictures, params = [], []
-    for image, name, seeds in zip(images, names, unit_seeds, strict=True):
-        for seed in seeds:
-            one = dataclasses.replace(opts, seed=seed, num_images=1)
-            result = editor.edit_with([image], instruction, one, callback=callback, input_names=[name])
-            pictures.extend(result.images)
-            params.extend(result.params)
-    return pictures, params
+    opts = dataclasses.replace(opts, seed=flat[0], num_images=len(unit_seeds[0]))
+    result = editor.edit_with(images, instruction, opts, callback=callback, batch_size=batch_size,
+                              input_names=names, seeds=flat)
+    return result.images, result.params
 
 
 def run_units(
