@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 WORKER = textwrap.dedent('''
-    import sys, torch
+    import os, sys, torch
     from safetensors.torch import save_file
     torch.set_num_threads(1)
     from ip2p.train import TrainConfig
@@ -27,7 +27,8 @@ WORKER = textwrap.dedent('''
     assert acc.num_processes == 2, acc.num_processes
     weights = {k: v.contiguous() for k, v in trainable_state(trainer.denoiser).items()}
     save_file(weights, f"{cfg.run.output_dir}/rank-{acc.process_index}.safetensors")
-    print("rank", acc.process_index, "steps", result.steps, "loss", result.losses[-1], flush=True)
+    # One line per rank, written whole (print() from two processes may interleave).
+    os.write(1, f"rank {acc.process_index} steps {result.steps} loss {result.losses[-1]}\\n".encode())
 ''')
 
 

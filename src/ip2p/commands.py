@@ -35,6 +35,11 @@ def add_edit_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--model", default=None, help="bundled name, diffusers folder, single file or hub id")
     m.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     m.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
+    m.add_argument("--mode", default="default", choices=("default", "fast", "low-memory", "approx"),
+                   help="fast: compiled, exact (first use per size compiles); low-memory: VAE tiling and "
+                        "offload; approx: DeepCache feature reuse, faster but changes pixels")
+    m.add_argument("--low-memory", dest="mode", action="store_const", const="low-memory",
+                   help="same as --mode low-memory")
     p.add_argument("--batch-size", type=int, default=4, help="images per UNet batch")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes on stderr")
 
@@ -60,7 +65,7 @@ def load_editor_for(args):
         model = default_model()
         if not args.quiet:
             print(describe_default(model), file=sys.stderr)
-    return Editor.load(model, device=args.device, dtype=args.dtype)
+    return Editor.load(model, device=args.device, dtype=args.dtype, mode=getattr(args, "mode", "default"))
 
 
 class ProgressBar:

@@ -60,11 +60,17 @@ class Editor:
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._text_cache_size = text_cache_size
         self.stats = {"text_encodes": 0, "image_encodes": 0, "unet_batches": 0}
+        self.speed = None  # set by ip2p.fast.optimize: which UNet / decoder the edit calls
 
     @classmethod
-    def load(cls, model=None, device="auto", dtype="auto") -> Editor:
+    def load(cls, model=None, device="auto", dtype="auto", mode: str = "default") -> Editor:
+        """Load ``model``; ``mode`` is default, fast, low-memory or approx (see :mod:`ip2p.fast`)."""
+        from .fast import check_mode, optimize
+
+        mode = check_mode(mode)
         _quiet_libraries()
-        return cls(load_components(model, device=device, dtype=dtype))
+        editor = cls(load_components(model, device=device, dtype=dtype))
+        return optimize(editor, mode) if mode != "default" else editor
 
     # ---------------------------------------------------------------------------------------
     @property
@@ -114,15 +120,19 @@ class Editor:
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Unscaled VAE posterior modes of same-sized RGB images: the model's image condition."""
-        array = np.stack([np.asarray(im, dtype=np.float32) for im in images]) / 255.0
-        pixels = torch.from_numpy(array).permute(0, 3, 1, 2).to(self.device, self.dtype) * 2.0 - 1.0
+        # uint8 crosses to the device (a quarter of the bytes); the same float32 arithmetic follows there.
+        array = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images])).to(self.device)
+        pixels = (array.permute(0, 3, 1, 2).float() / 255.0).to(self.dtype) * 2.0 - 1.0
         self.stats["image_encodes"] += len(images)
         return self.components.vae.encode(pixels).latent_dist.mode()
 
     @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor) -> list[Image.Image]:
         vae = self.components.vae
-        pixels = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+        decode = self.speed.decode if self.speed is not None and self.speed.decode is not None else vae.decode
+        pixels = decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+        if self.speed is not None:
+            self.speed.after_edit(tuple(latents.shape))
         pixels = (pixels.float() / 2 + 0.5).clamp(0, 1)
         array = (pixels.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()
         return [Image.fromarray(a) for a in array]
@@ -167,8 +177,13 @@ class Editor:
         callback: ProgressCallback | None = None,
         batch_size: int = 4,
         input_names: Sequence[str] | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> EditResult:
-        """Edit ``images`` with validated ``options``; see :meth:`edit`."""
+        """Edit ``images`` with validated ``options``; see :meth:`edit`.
+
+        ``seeds``, when given, holds one seed per output (input-major, ``num_images`` per input) and
+        replaces ``options.seed + i``: a batch job can then run many (image, seed) pairs as one batch.
+        """
         from .images import load_image, restore_size, to_working
 
         if not isinstance(instruction, str):
@@ -186,6 +201,10 @@ class Editor:
 
         # Output k of input j is row j * num_images + k; it uses seed + that index.
         jobs = [(j, k) for j in range(len(sources)) for k in range(opts.num_images)]
+        if seeds is None:
+            seeds = [opts.seed + i for i in range(len(jobs))]
+        elif len(seeds) != len(jobs) or not all(isinstance(x, int) and 0 <= x < 2**63 for x in seeds):
+            raise BadOptions(f"seeds must be {len(jobs)} integers in [0, 2**63), one per output")
         by_size: dict[tuple[int, int], list[int]] = {}
         for index, (j, _) in enumerate(jobs):
             by_size.setdefault(working[j].size, []).append(index)
@@ -207,7 +226,7 @@ class Editor:
                 unique = sorted(set(inputs))
                 latents = self._guard(self.encode_images, [working[j] for j in unique])
                 rows = torch.stack([latents[unique.index(j)] for j in inputs])
-                generators = [torch.Generator("cpu").manual_seed(opts.seed + i) for i in chunk]
+                generators = [torch.Generator("cpu").manual_seed(seeds[i]) for i in chunk]
                 result = self._guard(self._sample, Conditioning(text, uncond, rows), opts, generators, on_step)
                 for i, picture in zip(chunk, self.decode_latents(result), strict=True):
                     outputs[i] = picture
@@ -221,7 +240,7 @@ class Editor:
             if not opts.keep_working_size and picture.size != sources[j].size:
                 picture = restore_size(picture, sources[j].size)
             final.append(picture)
-            params.append(self._params(instruction, opts, index, sources[j], picture, working[j],
+            params.append(self._params(instruction, opts, seeds[index], sources[j], picture, working[j],
                                        input_names[j] if input_names else None))
         return EditResult(final, params)
 
@@ -229,9 +248,11 @@ class Editor:
     @torch.inference_mode()
     def _sample(self, cond: Conditioning, opts: EditOptions, generators, on_step) -> torch.Tensor:
         self.stats["unet_batches"] += 1
-        return denoise(
-            self.components.unet,
-            make_scheduler(opts.scheduler, self.components.scheduler_config),
+        unet = self.components.unet if self.speed is None else self.speed.unet_for_edit()
+        schedulers = make_scheduler if self.speed is None else self.speed.make_scheduler
+        latents = denoise(
+            unet,
+            schedulers(opts.scheduler, self.components.scheduler_config),
             cond,
             steps=opts.steps,
             text_scale=opts.guidance_scale,
@@ -240,6 +261,7 @@ class Editor:
             latent_channels=self.components.vae.config.latent_channels,
             callback=on_step,
         )
+        return latents
 
     def _guard(self, fn, *args):
         """Run ``fn`` turning device out-of-memory into a one-line :class:`OutOfMemory`."""
@@ -255,14 +277,14 @@ class Editor:
                 "--batch-size"
             ) from None
 
-    def _params(self, instruction, opts: EditOptions, index, source, picture, working, name) -> dict[str, Any]:
+    def _params(self, instruction, opts: EditOptions, seed, source, picture, working, name) -> dict[str, Any]:
         params = {
             "instruction": instruction,
             "negative_prompt": opts.negative_prompt,
             "steps": opts.steps,
             "guidance_scale": opts.guidance_scale,
             "image_guidance_scale": opts.image_guidance_scale,
-            "seed": opts.seed + index,
+            "seed": seed,
             "scheduler": opts.scheduler,
             "width": picture.size[0],
             "height": picture.size[1],
@@ -278,6 +300,8 @@ class Editor:
         }
         if name:
             params["input"] = name
+        if self.speed is not None and self.speed.mode != "default":
+            params["mode"] = self.speed.mode  # "approx" output differs from the default mode's
         return params
 
 
