@@ -243,9 +243,11 @@ def register(sub) -> None:
 
 
 def run_make_tiny(args) -> int:
+    from .editor import _quiet_libraries
     from .models import save_diffusers
     from .tiny import build_tiny_components
 
+    _quiet_libraries()
     folder = save_diffusers(build_tiny_components(seed=args.seed), args.out)
     print(folder)
     return 0
