@@ -244,8 +244,8 @@ def _check_architecture(unet_config: dict, text_config: dict | None, where: str)
         raise BadModel(f"{where}: UNet has {in_channels} input channels; InstructPix2Pix needs 8")
 
 
-def load_folder(folder: str | Path, name: str | None = None) -> Components:
-    """Load a diffusers InstructPix2Pix folder on the CPU in float32."""
+def load_folder(folder: str | Path, name: str | None = None, *, instruct: bool = True) -> Components:
+    """Load a diffusers folder on the CPU in float32; ``instruct`` demands an 8-channel UNet."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -258,7 +258,8 @@ def load_folder(folder: str | Path, name: str | None = None) -> Components:
         unet_config = json.loads((folder / "unet" / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise BadModel(f"{folder}: unreadable unet/config.json ({exc})") from None
-    _check_architecture(unet_config, None, str(folder))
+    if instruct:
+        _check_architecture(unet_config, None, str(folder))
     try:
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
@@ -286,11 +287,11 @@ def _read_scheduler_config(folder: Path) -> dict:
     return dict(SD15_SCHEDULER_CONFIG)
 
 
-def load_components(model: str | Path | None = None, device="auto", dtype="auto") -> Components:
-    """Resolve ``model`` (see module docstring), load it and place it on ``device``/``dtype``."""
-    ref = str(model) if model is not None else default_model()
-    dev = resolve_device(device) if not hasattr(device, "type") else device
-    dt = resolve_dtype(dtype, dev)
+def read_model(ref: str, *, instruct: bool = True) -> Components:
+    """Resolve ``ref`` (see module docstring) and load it on the CPU in float32.
+
+    ``instruct=False`` also accepts a text-to-image folder (the trainer widens those itself).
+    """
     path = Path(ref).expanduser()
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
@@ -299,10 +300,17 @@ def load_components(model: str | Path | None = None, device="auto", dtype="auto"
 
         components = load_single_file(path)
     else:
-        folder = resolve_folder(ref)
-        components = load_folder(folder, name=ref)
+        components = load_folder(resolve_folder(ref), name=ref, instruct=instruct)
     components.name = ref
-    return components.to(dev, dt)
+    return components
+
+
+def load_components(model: str | Path | None = None, device="auto", dtype="auto") -> Components:
+    """Resolve ``model`` (see module docstring), load it and place it on ``device``/``dtype``."""
+    ref = str(model) if model is not None else default_model()
+    dev = resolve_device(device) if not hasattr(device, "type") else device
+    dt = resolve_dtype(dtype, dev)
+    return read_model(ref).to(dev, dt)
 
 
 def save_diffusers(components: Components, folder: str | Path) -> Path:

@@ -8,9 +8,6 @@ kept, so at step 0 the widened model is exactly the text-to-image model.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -65,36 +62,9 @@ def load_start(cfg: TrainConfig, instructions: list[str]) -> Components:
 
 def load_text2image(ref: str) -> Components:
     """An SD-1.x text-to-image model (folder, cached hub id or single file) with a 4-channel UNet."""
-    from ..models import SINGLE_FILE_SUFFIXES, resolve_folder
+    from ..models import read_model
 
-    path = Path(ref).expanduser()
-    if path.is_file():
-        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-            raise BadModel(f"{ref}: not a model file (expected .ckpt or .safetensors)")
-        from ..convert import load_single_file
-
-        components = load_single_file(path)
-    else:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        folder = resolve_folder(ref)
-        try:
-            unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
-            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
-            text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=torch.float32)
-            tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BadModel(f"{ref}: could not load the model: {first[:300]}") from None
-        sched = folder / "scheduler" / "scheduler_config.json"
-        if sched.is_file():
-            scheduler_config = json.loads(sched.read_text())
-        else:
-            from ..tiny import SD15_SCHEDULER_CONFIG
-
-            scheduler_config = dict(SD15_SCHEDULER_CONFIG)
-        components = Components(unet, vae, text_encoder, tokenizer, scheduler_config, name=str(ref), source=str(folder))
+    components = read_model(str(ref), instruct=False)
     if components.unet.config.in_channels != components.vae.config.latent_channels:
         raise BadModel(f"{ref}: UNet has {components.unet.config.in_channels} input channels; model.start "
                        "text2image expects a text-to-image model (use start: ip2p for an InstructPix2Pix model)")
