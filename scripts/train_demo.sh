@@ -23,24 +23,9 @@ BENCH_N=${BENCH_N:-240}
 KINDS=${KINDS:-recolor_object,recolor_object,recolor_object,recolor_background,recolor_background,remove_object,remove_object,remove_object,add_object,add_object,add_object,grayscale,invert,darken,brighten}
 
 if [ "$PROFILE" = gpu ]; then
-  CONFIG=runs/demo-shapes-gpu.yaml
+  CONFIG=configs/demo-shapes-gpu.yaml
   RUN=runs/demo-shapes-gpu
-  MAX_STEPS=${MAX_STEPS:-8000}
-  mkdir -p runs
-  # The CPU config with a 4x larger UNet (64/128/256, 12.6 M), 60k triplets all cached, batch 512,
-  # a longer VAE stage; exported in fp16 so it stays under 30 MB.
-  sed -e 's/unet_widths: \[32, 64, 128\]/unet_widths: [64, 128, 256]/' \
-      -e 's/^  steps: 150/  steps: 3000/' \
-      -e 's/^  batch_size: 16        # 8 pairs.*/  batch_size: 64        # 32 pairs = 64 images/' \
-      -e 's/max_samples: 3000 .*/max_samples: null/' \
-      -e 's/^  batch_size: 16$/  batch_size: 512/' \
-      -e 's/^  lr: 0.0004/  lr: 0.0005/' \
-      -e 's/num_workers: 1/num_workers: 8/' \
-      -e "s#path: runs/data/shapes#path: $DATA#" \
-      -e 's/^  warmup_steps: 100/  warmup_steps: 500/' \
-      -e "s#output_dir: runs/demo-shapes#output_dir: $RUN#" \
-      -e 's/checkpoint_every: 100/checkpoint_every: 500/' \
-      configs/demo-shapes.yaml > "$CONFIG"
+  MAX_STEPS=${MAX_STEPS:-6000}
 else
   CONFIG=configs/demo-shapes.yaml
   RUN=runs/demo-shapes
@@ -52,7 +37,7 @@ time ip2p shapes make --n "$N" --size 64 --out "$DATA" --format ip2p --kinds "$K
 
 echo "== train: $CONFIG to step $MAX_STEPS -> $RUN"
 RESUME=()
-if [ -d "$RUN/checkpoints" ]; then RESUME=(--resume); fi
+if [ -d "$RUN/checkpoints" ] || [ -d "$RUN/base" ]; then RESUME=(--resume); fi
 time ip2p train --config "$CONFIG" --max-steps "$MAX_STEPS" "${RESUME[@]}"
 
 echo "== export the EMA weights -> src/ip2p/data/models/demo"

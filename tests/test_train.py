@@ -216,11 +216,14 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
         TrainConfig.from_mapping({"data": {"path": "x"}}).check()
     with pytest.raises(BadOptions, match="cache_latents"):
         TrainConfig.from_mapping({"model": {"start": "scratch"}, "data": {"path": "x", "cache_latents": "true"}}).check()
+    with pytest.raises(BadOptions, match="model.vae_widths must be a list of multiples of model.vae_norm_groups"):
+        TrainConfig.from_mapping({"model": {"start": "scratch", "vae_widths": [16, 24], "vae_norm_groups": 16},
+                                  "data": {"path": "x"}}).check()
 
 
 def test_example_configs_load():
     root = Path(__file__).resolve().parents[1] / "configs"
-    for name in ("demo-shapes.yaml", "finetune-sd15.yaml"):
+    for name in ("demo-shapes.yaml", "demo-shapes-gpu.yaml", "finetune-sd15.yaml"):
         cfg = TrainConfig.from_yaml(root / name).check()
         assert cfg.run.max_steps > 0
     demo = TrainConfig.from_yaml(root / "demo-shapes.yaml")
@@ -237,6 +240,19 @@ def _read_log(run: Path) -> list[tuple[int, float]]:
         return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(handle)]
 
 
+def _stopped_run(folder: Path, data, base, extra: dict, stop: int) -> TrainConfig:
+    """A run cancelled from its progress callback right after step ``stop``; returns its config."""
+
+    def stop_here(event):
+        if event.kind == "step" and event.step == stop:
+            raise Cancelled("simulated stop")
+
+    cfg = tiny_config(folder, data, base, **extra)
+    with pytest.raises(Cancelled):
+        train(cfg, callback=stop_here, export=False)
+    return cfg
+
+
 def test_interrupted_run_resumes_exactly(tmp_path, t2i_dir):
     from safetensors.torch import load_file
 
@@ -244,14 +260,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, t2i_dir):
     extra = {"optim": {"grad_accum": 2, "warmup_steps": 3}, "run": {"max_steps": 6, "checkpoint_every": 2},
              "data": {"resize_max": 20}}
     straight = train(tiny_config(tmp_path / "a", data, t2i_dir, **extra), export=False)
-
-    def stop_at_3(event):
-        if event.kind == "step" and event.step == 3:
-            raise Cancelled("simulated stop")
-
-    cfg = tiny_config(tmp_path / "b", data, t2i_dir, **extra)
-    with pytest.raises(Cancelled):
-        train(cfg, callback=stop_at_3, export=False)
+    cfg = _stopped_run(tmp_path / "b", data, t2i_dir, extra, 3)
     run_b = Path(cfg.run.output_dir)
     assert sorted(p.name for p in (run_b / "checkpoints").iterdir()) == ["step-0000002", "step-0000003"]
     with pytest.raises(BadOptions, match="--resume"):
@@ -310,6 +319,20 @@ def test_cached_latents_match_uncached_training(tmp_path, t2i_dir):
     assert np.allclose(cached.losses, fresh.losses, rtol=1e-4, atol=1e-6)
 
 
+def test_cached_latents_are_written_once_and_reused_on_resume(tmp_path, t2i_dir):
+    data = write_jsonl(tmp_path / "d", 5)
+    extra = {"data": {"random_crop": False, "flip": False, "cache_latents": "true"},
+             "run": {"max_steps": 4, "checkpoint_every": 2}, "optim": {"batch_size": 2}}
+    straight = train(tiny_config(tmp_path / "a", data, t2i_dir, **extra), export=False)
+    cfg = _stopped_run(tmp_path / "b", data, t2i_dir, extra, 2)  # a step with a periodic checkpoint
+    cache = Path(cfg.run.output_dir) / "latents.pt"
+    written = cache.stat().st_mtime_ns
+    assert len(torch.load(cache, weights_only=True)["items"]) == 5
+    resumed = train(cfg, resume=True, export=False)
+    assert cache.stat().st_mtime_ns == written  # read back, not encoded and written again
+    assert resumed.losses == straight.losses[2:]
+
+
 def test_lora_trains_adapters_and_export_merges(tmp_path, t2i_dir):
     from safetensors.torch import load_file
 
@@ -339,7 +362,8 @@ def test_from_scratch_vae_stage_then_denoiser(tmp_path):
     data = write_ip2p(tmp_path / "d", 4, size=16)
     cfg = TrainConfig.from_mapping({
         "model": {"start": "scratch", "prediction_type": "v_prediction", "unet_widths": [32, 64],
-                  "text_hidden_size": 32, "text_max_length": 16, "vae_widths": [32, 32]},
+                  "text_hidden_size": 32, "text_max_length": 16, "vae_widths": [16, 32], "vae_norm_groups": 4,
+                  "unet_norm_groups": 8},
         "vae": {"steps": 6, "batch_size": 4, "lr": 1e-3},
         "data": {"path": str(data), "resolution": 16, "validation_count": 1},
         "optim": {"batch_size": 2, "lr": 1e-3},
@@ -352,6 +376,8 @@ def test_from_scratch_vae_stage_then_denoiser(tmp_path):
     model = result.model_dir
     vae_cfg = json.loads((model / "vae" / "config.json").read_text())
     assert vae_cfg["scaling_factor"] != 0.18215 and vae_cfg["latent_channels"] == 4
+    assert vae_cfg["norm_num_groups"] == 4 and vae_cfg["block_out_channels"] == [16, 32]
+    assert json.loads((model / "unet" / "config.json").read_text())["norm_num_groups"] == 8
     tok = json.loads((model / "tokenizer" / "vocab.json").read_text())
     assert "square</w>" in tok and "make</w>" in tok  # the tokenizer was built from the instructions
     base_vae = json.loads((result.output_dir / "base" / "vae" / "config.json").read_text())
@@ -382,7 +408,8 @@ def test_cli_trains_and_exports(tmp_path, t2i_dir, capsys):
     path.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     out = tmp_path / "cli-run"
-    proc = subprocess.run([sys.executable, "-m", "ip2p", "train", "--config", str(path), "--output", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "ip2p", "train", "--config", str(path), "--output", str(out),
+                           "--threads", "1"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "trained 2 steps" in proc.stdout and "unet" in proc.stderr  # tqdm bar on stderr
@@ -390,6 +417,8 @@ def test_cli_trains_and_exports(tmp_path, t2i_dir, capsys):
     capsys.readouterr()
     assert main(["train", "export", str(out / "checkpoints" / "step-0000002"), str(tmp_path / "exported")]) == 0
     assert (tmp_path / "exported" / "unet" / "config.json").is_file()
+    assert main(["train", "--config", str(path), "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim: {lr: -1}\n")
     capsys.readouterr()

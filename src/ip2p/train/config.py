@@ -48,6 +48,11 @@ class ModelConfig:
     vae_widths: list[int] = field(default_factory=lambda: [32, 64, 64])
     vae_latent_channels: int = 4
     vae_layers_per_block: int = 1
+    # GroupNorm groups of the scratch UNet / VAE. One channel a group (32 groups at width 32) is an
+    # instance norm that erases flat colours, which this world is made of: keep several a group.
+    unet_norm_groups: int = 32
+    vae_norm_groups: int = 32
+    vae_mid_attention: bool = True  # self-attention in the VAE's middle blocks (SD's VAE has it)
 
 
 @dataclass
@@ -189,10 +194,12 @@ class TrainConfig:
         if m.lora_rank and m.start == "scratch":
             raise BadOptions("model.lora_rank: LoRA adapts a pretrained UNet; a scratch model trains fully")
         if m.start == "scratch":
-            for key in ("unet_widths", "vae_widths"):
-                widths = getattr(m, key)
-                if not widths or any(not isinstance(w, int) or w < 32 or w % 32 for w in widths):
-                    raise BadOptions(f"model.{key} must be a list of multiples of 32 (GroupNorm groups), got {widths}")
+            for part in ("unet", "vae"):
+                g, widths = getattr(m, f"{part}_norm_groups"), getattr(m, f"{part}_widths")
+                _positive(f"model.{part}_norm_groups", g)
+                if not widths or any(not isinstance(w, int) or w < g or w % g for w in widths):
+                    raise BadOptions(f"model.{part}_widths must be a list of multiples of model.{part}_norm_groups "
+                                     f"({g}), got {widths}")
             if len(m.unet_widths) < 2:
                 raise BadOptions("model.unet_widths needs at least two levels")
             if m.text_hidden_size % m.text_heads:

@@ -210,19 +210,39 @@ class _Trainer:
         return mode == "true" or (mode == "auto" and not self.cfg.augments)
 
     @torch.no_grad()
-    def _cached_dataset(self, dataset: EditPairDataset, size: int) -> list[dict]:
-        """VAE latents of every sample, encoded once (valid only without augmentation)."""
+    def _cached_dataset(self, dataset: EditPairDataset, size: int, chunk: int = 128) -> _Cached:
+        """VAE latents of every sample (valid only without augmentation), encoded in chunks.
+
+        The frozen VAE never changes during a run, so the latents are written once to
+        ``latents.pt`` in the run folder and read back on ``--resume`` instead of encoded again.
+        """
+        path = self.out / "latents.pt"
+        if self.resume and path.is_file():
+            saved = torch.load(path, weights_only=True)
+            if saved.get("size") == size and saved.get("data") == str(self.cfg.data.path):
+                return _Cached(saved["items"])
         vae, acc = self.components.vae, self.accelerator
         items: list[dict] = []
-        for index in range(size):
-            item = dataset[(index, 0)]
-            if "bad" in item:
+        for start in range(0, size, chunk):
+            good = []  # (slot in items, sample)
+            for index in range(start, min(size, start + chunk)):
+                item = dataset[(index, 0)]
+                if "bad" not in item:
+                    good.append((len(items), item))
                 items.append(item)
+            if not good:
                 continue
-            pixels = torch.stack([item["input"], item["edited"]]).to(acc.device, self.weight_dtype)
-            dist = vae.encode(pixels).latent_dist
-            items.append({"index": index, "text": item["text"], "input_latent": dist.mode()[0].float().cpu(),
-                          "edited_mean": dist.mean[1].float().cpu(), "edited_logvar": dist.logvar[1].float().cpu()})
+            pixels = torch.cat([torch.stack([g["input"] for _, g in good]), torch.stack([g["edited"] for _, g in good])])
+            dist = vae.encode(pixels.to(acc.device, self.weight_dtype)).latent_dist
+            n = len(good)
+            modes, means, logvars = (t.float().cpu() for t in (dist.mode()[:n], dist.mean[n:], dist.logvar[n:]))
+            for k, (slot, item) in enumerate(good):
+                items[slot] = {"index": item["index"], "text": item["text"], "input_latent": modes[k].clone(),
+                               "edited_mean": means[k].clone(), "edited_logvar": logvars[k].clone()}
+        if acc.is_main_process:
+            tmp = path.with_suffix(".pt.tmp")
+            torch.save({"size": size, "data": str(self.cfg.data.path), "items": items}, tmp)
+            os.replace(tmp, path)
         return _Cached(items)
 
     # ---------------------------------------------------------------------------------------
@@ -234,7 +254,7 @@ class _Trainer:
                                              num_workers=cfg.data.num_workers,
                                              persistent_workers=cfg.data.num_workers > 0)
         batches = iter(loader)
-        self.position = position
+        self.position, self.saved_step = position, step
         logger = _Logger(self.out, step, acc.is_main_process, r.tensorboard, self.emit)
         losses: list[float] = []
         start_step, t0, samples = step, time.perf_counter(), 0
@@ -269,7 +289,8 @@ class _Trainer:
                 if r.validation_every and step % r.validation_every == 0:
                     self._validate(step)
         except Cancelled:
-            if step > start_step and (not r.checkpoint_every or step % r.checkpoint_every):
+            # a stop raised by the step event comes before that step's periodic checkpoint
+            if step > start_step and self.saved_step != step:
                 self._checkpoint(step)
             logger.close()
             raise
@@ -345,6 +366,7 @@ class _Trainer:
                                     ema=self.ema.state_dict(), optimizer_state=optimizer_state,
                                     config=self.cfg.to_dict(), rank_state=rank_state,
                                     keep=self.cfg.run.keep_checkpoints)
+        self.saved_step = step
         self.emit("checkpoint", step=step, total=self.cfg.run.max_steps, path=str(path))
 
     @contextlib.contextmanager

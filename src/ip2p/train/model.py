@@ -92,7 +92,8 @@ def build_scratch(cfg: TrainConfig, instructions: list[str]) -> Components:
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=m.vae_latent_channels,
         down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
-        block_out_channels=tuple(m.vae_widths), layers_per_block=m.vae_layers_per_block, norm_num_groups=32,
+        block_out_channels=tuple(m.vae_widths), layers_per_block=m.vae_layers_per_block,
+        norm_num_groups=m.vae_norm_groups, mid_block_add_attention=m.vae_mid_attention,
         sample_size=cfg.data.resolution,
     )
     n = len(m.unet_widths)
@@ -102,7 +103,8 @@ def build_scratch(cfg: TrainConfig, instructions: list[str]) -> Components:
         block_out_channels=tuple(m.unet_widths), layers_per_block=m.unet_layers_per_block,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
-        cross_attention_dim=m.text_hidden_size, attention_head_dim=m.unet_attention_head_dim, norm_num_groups=32,
+        cross_attention_dim=m.text_hidden_size, attention_head_dim=m.unet_attention_head_dim,
+        norm_num_groups=m.unet_norm_groups,
     )
     return Components(unet, vae, text_encoder, tokenizer, dict(SD15_SCHEDULER_CONFIG),
                       name="scratch", source="ip2p train")
