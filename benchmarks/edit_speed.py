@@ -306,15 +306,21 @@ def main(argv=None) -> int:
             compile_s.append({"mode": mode, "size": size, "first_call_s": first[mode],
                               "first_minus_median_s": first[mode] - med})
         if args.batch > 1:
+            # alternating rounds, median per mode: one call per mode is too noisy on a shared CPU
             images = [test_image(size)] * args.batch
+            batch_times: dict[str, list[float]] = {mode: [] for mode in modes}
             for mode in modes:
                 runners[mode](images, 1)  # warm-up (a new shape compiles again)
                 sync(device)
-                t = time.perf_counter()
-                runners[mode](images, 1)
-                sync(device)
-                batch.append({"mode": mode, "size": size, "batch": args.batch,
-                              "images_per_s": args.batch / (time.perf_counter() - t)})
+            for _ in range(max(1, min(args.reps, 3))):
+                for mode in modes:
+                    t = time.perf_counter()
+                    runners[mode](images, 1)
+                    sync(device)
+                    batch_times[mode].append(time.perf_counter() - t)
+            for mode in modes:
+                batch.append({"mode": mode, "size": size, "batch": args.batch, "times_s": batch_times[mode],
+                              "images_per_s": args.batch / statistics.median(batch_times[mode])})
     cold: list[dict] = []
     meta["loadavg_end"] = os.getloadavg()
     if args.json:  # written now and again at the end: a long cold-start phase can be cut short
