@@ -158,9 +158,6 @@ def test_readme_command_keeps_everything_but_the_circle(readme_output, scene, de
     assert edit_error <= 1.5 * vae_error + 1.0, (edit_error, vae_error)
 
 
-@pytest.mark.xfail(strict=False, reason="shipped demo weights are a placeholder (VAE 150 steps, UNet untrained): "
-                                        "recolor_object success measured 0 % (0/4) on the shapes bench, "
-                                        "docs/demo-model.md")
 def test_readme_command_turns_the_circle_blue(readme_output, scene):
     """At least 80 % of the circle's pixels are within CIE76 dE 20 of the shapes world's blue."""
     from ip2p.shapes.color import COLORS

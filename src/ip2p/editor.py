@@ -250,7 +250,7 @@ class Editor:
         self.stats["unet_batches"] += 1
         unet = self.components.unet if self.speed is None else self.speed.unet_for_edit()
         schedulers = make_scheduler if self.speed is None else self.speed.make_scheduler
-        latents = denoise(
+        return denoise(
             unet,
             schedulers(opts.scheduler, self.components.scheduler_config),
             cond,
@@ -261,7 +261,6 @@ class Editor:
             latent_channels=self.components.vae.config.latent_channels,
             callback=on_step,
         )
-        return latents
 
     def _guard(self, fn, *args):
         """Run ``fn`` turning device out-of-memory into a one-line :class:`OutOfMemory`."""
