@@ -37,7 +37,7 @@ time ip2p shapes make --n "$N" --size 64 --out "$DATA" --format ip2p --kinds "$K
 
 echo "== train: $CONFIG to step $MAX_STEPS -> $RUN"
 RESUME=()
-if [ -d "$RUN/checkpoints" ] || [ -d "$RUN/base" ]; then RESUME=(--resume); fi
+if [ -d "$RUN/checkpoints" ] || [ -d "$RUN/base" ] || [ -f "$RUN/vae-stage.pt" ]; then RESUME=(--resume); fi
 time ip2p train --config "$CONFIG" --max-steps "$MAX_STEPS" "${RESUME[@]}"
 
 echo "== export the EMA weights -> src/ip2p/data/models/demo"

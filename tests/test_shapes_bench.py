@@ -85,3 +85,23 @@ def test_end_to_end_with_tiny_random_model(tmp_path):
     for row in report["rows"].values():
         assert 0.0 <= row["success"] <= 1.0 and 0 <= row["psnr"] <= 100
         assert row["preservation_mae"] is None or 0 <= row["preservation_mae"] <= 255
+
+
+def test_cli_bench_threads(tmp_path, capsys):
+    import torch
+
+    from ip2p.cli import main
+    from ip2p.models import save_diffusers
+    from ip2p.tiny import build_tiny_components
+
+    model = save_diffusers(build_tiny_components(), tmp_path / "tiny")
+    before = torch.get_num_threads()
+    try:
+        assert main(["bench", "shapes", "--model", str(model), "--n", "2", "--steps", "2", "--threads", "1",
+                     "--out", str(tmp_path / "bench")]) == 0
+        assert torch.get_num_threads() == 1 and (tmp_path / "bench" / "report.json").is_file()
+    finally:
+        torch.set_num_threads(before)
+    capsys.readouterr()
+    assert main(["bench", "shapes", "--threads", "0", "--out", str(tmp_path / "none")]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err and not (tmp_path / "none").exists()

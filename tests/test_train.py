@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -356,20 +357,24 @@ def test_lora_trains_adapters_and_export_merges(tmp_path, t2i_dir):
     assert all(torch.allclose(redo[k], exported[k], atol=1e-6) for k in exported)
 
 
+def scratch_config(run: Path, data: Path, vae: dict | None = None, **run_keys) -> TrainConfig:
+    return TrainConfig.from_mapping({
+        "model": {"start": "scratch", "prediction_type": "v_prediction", "unet_widths": [32, 64],
+                  "text_hidden_size": 32, "text_max_length": 16, "vae_widths": [16, 32], "vae_norm_groups": 4,
+                  "unet_norm_groups": 8},
+        "vae": {"steps": 6, "batch_size": 4, "lr": 1e-3, **(vae or {})},
+        "data": {"path": str(data), "resolution": 16, "validation_count": 1},
+        "optim": {"batch_size": 2, "lr": 1e-3},
+        "run": {"output_dir": str(run), "max_steps": 3, "checkpoint_every": 0, "device": "cpu",
+                "tensorboard": False, "validation_steps": 2, **run_keys},
+    })
+
+
 def test_from_scratch_vae_stage_then_denoiser(tmp_path):
     import ip2p
 
     data = write_ip2p(tmp_path / "d", 4, size=16)
-    cfg = TrainConfig.from_mapping({
-        "model": {"start": "scratch", "prediction_type": "v_prediction", "unet_widths": [32, 64],
-                  "text_hidden_size": 32, "text_max_length": 16, "vae_widths": [16, 32], "vae_norm_groups": 4,
-                  "unet_norm_groups": 8},
-        "vae": {"steps": 6, "batch_size": 4, "lr": 1e-3},
-        "data": {"path": str(data), "resolution": 16, "validation_count": 1},
-        "optim": {"batch_size": 2, "lr": 1e-3},
-        "run": {"output_dir": str(tmp_path / "run"), "max_steps": 3, "checkpoint_every": 0, "device": "cpu",
-                "tensorboard": False, "validation_steps": 2},
-    })
+    cfg = scratch_config(tmp_path / "run", data)
     stages = []
     result = train(cfg, callback=lambda e: stages.append((e.kind, e.stage)) if e.kind in ("stage", "step") else None)
     assert ("stage", "vae") in stages and stages.count(("step", "vae")) == 6 and stages.count(("step", "unet")) == 3
@@ -390,6 +395,40 @@ def test_from_scratch_vae_stage_then_denoiser(tmp_path):
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(str(model), safety_checker=None)
     assert pipe.scheduler.config.prediction_type == "v_prediction"  # stock diffusers samples it right
     assert pipe.text_encoder.config.vocab_size == len(pipe.tokenizer)
+
+
+@pytest.mark.parametrize("stop_at", [2, 3])  # on a periodic checkpoint, and between two
+def test_stopped_vae_stage_resumes_exactly(tmp_path, stop_at):
+    from safetensors.torch import load_file
+
+    data = write_ip2p(tmp_path / "d", 4, size=16)
+    vae = {"steps": 5, "final_lr_ratio": 0.1}
+    lrs = []
+    straight = scratch_config(tmp_path / "a", data, vae, max_steps=1, checkpoint_every=2)
+    train(straight, export=False, callback=lambda e: lrs.append(e.lr) if e.stage == "vae" and e.kind == "step" else 0)
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(
+        math.pi * 4 / 5))))  # a half cosine towards lr * final_lr_ratio
+
+    cfg = scratch_config(tmp_path / "b", data, vae, max_steps=1, checkpoint_every=2)
+
+    def stop(event):
+        if event.kind == "step" and event.stage == "vae" and event.step == stop_at:
+            raise Cancelled("simulated stop")
+
+    with pytest.raises(Cancelled):
+        train(cfg, export=False, callback=stop)
+    stage = Path(cfg.run.output_dir) / "vae-stage.pt"
+    assert torch.load(stage, weights_only=False)["step"] == stop_at and not (stage.parent / "base").exists()
+    with pytest.raises(BadOptions, match="--resume"):  # a fresh start would overwrite the stopped stage
+        train(cfg, export=False)
+    steps = []
+    train(cfg, resume=True, export=False,
+          callback=lambda e: steps.append(e.step) if e.stage == "vae" and e.kind == "step" else 0)
+    assert steps == list(range(stop_at + 1, 6)) and not stage.exists()  # consumed once base/ is written
+    weights = [load_file(str(Path(c.run.output_dir) / "base" / "vae" / "diffusion_pytorch_model.safetensors"))
+               for c in (straight, cfg)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,6 +452,7 @@ def test_cli_trains_and_exports(tmp_path, t2i_dir, capsys):
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "trained 2 steps" in proc.stdout and "unet" in proc.stderr  # tqdm bar on stderr
+    assert "Writing model shards" not in proc.stderr  # no library progress bars between ours
     assert (out / "model" / "model_index.json").is_file()
     capsys.readouterr()
     assert main(["train", "export", str(out / "checkpoints" / "step-0000002"), str(tmp_path / "exported")]) == 0

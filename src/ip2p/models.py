@@ -321,7 +321,15 @@ def save_diffusers(components: Components, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     components.unet.save_pretrained(folder / "unet", safe_serialization=True)
     components.vae.save_pretrained(folder / "vae", safe_serialization=True)
-    components.text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # transformers draws a "Writing model shards" bar for one shard
+    try:
+        components.text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     save_tokenizer(components.tokenizer, folder / "tokenizer")
     (folder / "scheduler").mkdir(exist_ok=True)
     scheduler_config = dict(components.scheduler_config)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from ..cli import add_threads_option
 from ..errors import BadOptions
 
 
@@ -50,6 +51,7 @@ def register(subparsers) -> None:
     b.add_argument("--device", default="auto")
     b.add_argument("--dtype", default="auto")
     b.add_argument("--out", required=True, help="folder for report.md, report.json and grid.png")
+    add_threads_option(b)
     b.set_defaults(func=run_bench)
 
 

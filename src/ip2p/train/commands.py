@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from ..cli import add_threads_option
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train or fine-tune an InstructPix2Pix model from a YAML config",
@@ -14,8 +16,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-steps", type=int, help="override run.max_steps")
     p.add_argument("--output", help="override run.output_dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; on a busy machine "
-                                               "fewer threads are often faster)")
+    add_threads_option(p)
     p.add_argument("action", nargs="*", metavar="export CHECKPOINT OUT_DIR",
                    help="export a checkpoint's EMA weights as a diffusers model folder")
     p.set_defaults(func=run)
@@ -34,12 +35,6 @@ def run(args) -> int:
         return 0
     if not args.config:
         raise BadOptions("give --config FILE.yaml (see configs/ for examples)")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise BadOptions(f"--threads must be at least 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
     from . import TrainConfig, train
 
     config = TrainConfig.from_yaml(args.config)

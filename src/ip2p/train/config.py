@@ -68,6 +68,7 @@ class VaeConfig:
     batch_size: int = 16
     kl_weight: float = 1e-6
     l2_weight: float = 0.0
+    final_lr_ratio: float = 1.0  # cosine decay from lr to lr * this over the steps; 1 = constant
 
 
 @dataclass
@@ -210,6 +211,8 @@ class TrainConfig:
             _positive("vae.steps", v.steps, zero_ok=True)
             _positive("vae.batch_size", v.batch_size)
             _positive("vae.lr", v.lr)
+            if not 0 < v.final_lr_ratio <= 1:
+                raise BadOptions(f"vae.final_lr_ratio must be in (0, 1], got {v.final_lr_ratio}")
         if not d.path:
             raise BadOptions("data.path is required (a seeds.json folder, a metadata.jsonl, or a datasets path)")
         _choice("data.format", d.format, DATA_FORMATS)

@@ -95,7 +95,7 @@ class _Trainer:
         cfg, acc = self.cfg, self.accelerator
         latest = ckpt.latest_checkpoint(self.out)
         base_dir = self.out / "base"
-        if not self.resume and (latest or base_dir.exists()):
+        if not self.resume and (latest or base_dir.exists() or (self.out / "vae-stage.pt").exists()):
             raise BadOptions(f"{self.out} already holds a run; pass --resume to continue it or choose another "
                              "--output")
         self.out.mkdir(parents=True, exist_ok=True)
@@ -168,10 +168,10 @@ class _Trainer:
             return components
         components = load_start(cfg, source.instructions())
         if cfg.model.start == "scratch" and cfg.vae.steps:
-            self.emit("stage", stage="vae", total=cfg.vae.steps, message="training the autoencoder")
             from .vae_stage import train_vae
 
-            loss = train_vae(components.vae, dataset, cfg, acc, self.emit, size)
+            stage_state = self.out / "vae-stage.pt"
+            loss = train_vae(components.vae, dataset, cfg, acc, self.emit, size, stage_state, self.resume)
             components.vae.to("cpu")
             self.emit("stage", stage="vae-done", message=f"autoencoder trained: L1 {loss:.4f}, scaling factor "
                                                          f"{components.vae.config.scaling_factor:.4f}")
@@ -183,6 +183,7 @@ class _Trainer:
             save_diffusers(components, tmp)
             shutil.rmtree(base_dir, ignore_errors=True)
             os.replace(tmp, base_dir)
+            (self.out / "vae-stage.pt").unlink(missing_ok=True)  # base/ holds the finished stage now
         acc.wait_for_everyone()
         return components
 
