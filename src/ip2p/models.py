@@ -14,6 +14,7 @@ Everything ends up as :class:`Components` on one device and dtype. The sampler n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -263,7 +264,8 @@ def load_folder(folder: str | Path, name: str | None = None, *, instruct: bool =
     try:
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=torch.float32)
+        with _no_transformers_bars():
+            text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=torch.float32)
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -313,6 +315,21 @@ def load_components(model: str | Path | None = None, device="auto", dtype="auto"
     return read_model(ref).to(dev, dt)
 
 
+@contextlib.contextmanager
+def _no_transformers_bars():
+    """transformers 5 draws "Loading weights" / "Writing model shards" bars even for one small file;
+    ip2p's commands draw their own progress, so these are switched off around the call."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def save_diffusers(components: Components, folder: str | Path) -> Path:
     """Write a standard diffusers ``StableDiffusionInstructPix2PixPipeline`` folder (safetensors)."""
     from .text import save_tokenizer
@@ -321,15 +338,8 @@ def save_diffusers(components: Components, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     components.unet.save_pretrained(folder / "unet", safe_serialization=True)
     components.vae.save_pretrained(folder / "vae", safe_serialization=True)
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # transformers draws a "Writing model shards" bar for one shard
-    try:
+    with _no_transformers_bars():
         components.text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     save_tokenizer(components.tokenizer, folder / "tokenizer")
     (folder / "scheduler").mkdir(exist_ok=True)
     scheduler_config = dict(components.scheduler_config)
