@@ -241,17 +241,20 @@ def _read_log(run: Path) -> list[tuple[int, float]]:
         return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(handle)]
 
 
-def _stopped_run(folder: Path, data, base, extra: dict, stop: int) -> TrainConfig:
-    """A run cancelled from its progress callback right after step ``stop``; returns its config."""
+def _stop_after(cfg: TrainConfig, stop: int, stage: str = "unet") -> TrainConfig:
+    """Run ``cfg`` and cancel it from the progress callback right after ``stage``'s step ``stop``."""
 
     def stop_here(event):
-        if event.kind == "step" and event.step == stop:
+        if event.kind == "step" and event.stage == stage and event.step == stop:
             raise Cancelled("simulated stop")
 
-    cfg = tiny_config(folder, data, base, **extra)
     with pytest.raises(Cancelled):
         train(cfg, callback=stop_here, export=False)
     return cfg
+
+
+def _stopped_run(folder: Path, data, base, extra: dict, stop: int) -> TrainConfig:
+    return _stop_after(tiny_config(folder, data, base, **extra), stop)
 
 
 def test_interrupted_run_resumes_exactly(tmp_path, t2i_dir):
@@ -409,14 +412,7 @@ def test_stopped_vae_stage_resumes_exactly(tmp_path, stop_at):
     assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(
         math.pi * 4 / 5))))  # a half cosine towards lr * final_lr_ratio
 
-    cfg = scratch_config(tmp_path / "b", data, vae, max_steps=1, checkpoint_every=2)
-
-    def stop(event):
-        if event.kind == "step" and event.stage == "vae" and event.step == stop_at:
-            raise Cancelled("simulated stop")
-
-    with pytest.raises(Cancelled):
-        train(cfg, export=False, callback=stop)
+    cfg = _stop_after(scratch_config(tmp_path / "b", data, vae, max_steps=1, checkpoint_every=2), stop_at, "vae")
     stage = Path(cfg.run.output_dir) / "vae-stage.pt"
     assert torch.load(stage, weights_only=False)["step"] == stop_at and not (stage.parent / "base").exists()
     with pytest.raises(BadOptions, match="--resume"):  # a fresh start would overwrite the stopped stage

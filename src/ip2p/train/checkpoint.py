@@ -106,9 +106,20 @@ def load_weights(checkpoint: Path, name: str) -> dict[str, torch.Tensor]:
         raise BadModel(f"{path}: unreadable ({exc})") from None
 
 
+def check_processes(path: Path, written_by, world: int) -> None:
+    """A resume is exact only with as many processes as wrote ``path`` (each has its own stream slice)."""
+    if written_by != world:
+        raise BadData(f"{path} was written by {written_by} processes; resume it with the same number "
+                      f"(this run has {world})")
+
+
 def load_rank_state(checkpoint: Path, rank: int, world: int) -> dict[str, Any]:
-    state = read_state(checkpoint)
-    if state.get("num_processes") != world:
-        raise BadData(f"{checkpoint} was written by {state.get('num_processes')} processes; resume it with the "
-                      f"same number (this run has {world})")
+    check_processes(checkpoint, read_state(checkpoint).get("num_processes"), world)
     return torch.load(checkpoint / f"rank-{rank}.pt", weights_only=False)
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file renamed into place: a crash never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

@@ -78,6 +78,7 @@ class _Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool, callback: Callback | None):
         self.cfg, self.resume, self.callback = cfg, resume, callback
         self.out = Path(cfg.run.output_dir).expanduser()
+        self.vae_state = self.out / "vae-stage.pt"  # a stopped autoencoder stage (see vae_stage.py)
         self.accelerator = _make_accelerator(cfg)
         self.warned: set[int] = set()
         self.bad_count = 0
@@ -95,7 +96,7 @@ class _Trainer:
         cfg, acc = self.cfg, self.accelerator
         latest = ckpt.latest_checkpoint(self.out)
         base_dir = self.out / "base"
-        if not self.resume and (latest or base_dir.exists() or (self.out / "vae-stage.pt").exists()):
+        if not self.resume and (latest or base_dir.exists() or self.vae_state.exists()):
             raise BadOptions(f"{self.out} already holds a run; pass --resume to continue it or choose another "
                              "--output")
         self.out.mkdir(parents=True, exist_ok=True)
@@ -170,8 +171,7 @@ class _Trainer:
         if cfg.model.start == "scratch" and cfg.vae.steps:
             from .vae_stage import train_vae
 
-            stage_state = self.out / "vae-stage.pt"
-            loss = train_vae(components.vae, dataset, cfg, acc, self.emit, size, stage_state, self.resume)
+            loss = train_vae(components.vae, dataset, cfg, acc, self.emit, size, self.vae_state, self.resume)
             components.vae.to("cpu")
             self.emit("stage", stage="vae-done", message=f"autoencoder trained: L1 {loss:.4f}, scaling factor "
                                                          f"{components.vae.config.scaling_factor:.4f}")
@@ -183,7 +183,7 @@ class _Trainer:
             save_diffusers(components, tmp)
             shutil.rmtree(base_dir, ignore_errors=True)
             os.replace(tmp, base_dir)
-            (self.out / "vae-stage.pt").unlink(missing_ok=True)  # base/ holds the finished stage now
+            self.vae_state.unlink(missing_ok=True)  # base/ holds the finished stage now
         acc.wait_for_everyone()
         return components
 
@@ -241,9 +241,7 @@ class _Trainer:
                 items[slot] = {"index": item["index"], "text": item["text"], "input_latent": modes[k].clone(),
                                "edited_mean": means[k].clone(), "edited_logvar": logvars[k].clone()}
         if acc.is_main_process:
-            tmp = path.with_suffix(".pt.tmp")
-            torch.save({"size": size, "data": str(self.cfg.data.path), "items": items}, tmp)
-            os.replace(tmp, path)
+            ckpt.save_atomic({"size": size, "data": str(self.cfg.data.path), "items": items}, path)
         return _Cached(items)
 
     # ---------------------------------------------------------------------------------------

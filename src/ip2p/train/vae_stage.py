@@ -17,7 +17,6 @@ process's position in the data stream; the noise of step ``t`` is drawn from a g
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import BadData, Cancelled
+from .checkpoint import check_processes, save_atomic
 from .config import TrainConfig
 from .data import EditPairDataset, StreamSampler, collate
 
@@ -101,10 +101,8 @@ def _save(path: Path, accelerator, model, optimizer, step: int, position: int) -
     positions = accelerator.gather(torch.tensor([position], device=accelerator.device)).tolist()
     if accelerator.is_main_process:
         vae = accelerator.unwrap_model(model).vae
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"step": step, "positions": positions, "vae": vae.state_dict(),
-                    "optimizer": optimizer.state_dict()}, tmp)
-        os.replace(tmp, path)
+        save_atomic({"step": step, "positions": positions, "vae": vae.state_dict(),
+                     "optimizer": optimizer.state_dict()}, path)
     accelerator.wait_for_everyone()
     return step
 
@@ -117,9 +115,7 @@ def _restore(path: Path, vae, optimizer, world: int) -> tuple[int, list[int]]:
     except (OSError, RuntimeError, KeyError, ValueError) as exc:
         raise BadData(f"{path}: unreadable autoencoder-stage checkpoint ({exc}); delete it to start the stage "
                       "again") from None
-    if len(state["positions"]) != world:
-        raise BadData(f"{path} was written by {len(state['positions'])} processes; resume it with the same "
-                      f"number (this run has {world})")
+    check_processes(path, len(state["positions"]), world)
     return int(state["step"]), [int(p) for p in state["positions"]]
 
 
