@@ -659,6 +659,12 @@ def save_single_file(components: Components, path: str | Path, *, embed_tokenize
     """
     import torch
 
+    from .architectures import PixelUnshuffleAutoencoder, ResidualUNet2DConditionModel
+
+    if isinstance(components.vae, PixelUnshuffleAutoencoder) or isinstance(components.unet, ResidualUNet2DConditionModel):
+        raise BadModel("this model uses ip2p's exact autoencoder or residual UNet, which the original single-file "
+                       "layout cannot express; keep it as a diffusers folder")
+
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".safetensors", ".ckpt", ".pt", ".pth"):

@@ -86,6 +86,15 @@ class Editor:
         return self.components.name
 
     @property
+    def recommended(self) -> dict[str, Any]:
+        """The model's recommended steps / scales / scheduler (its folder's ip2p.json), maybe empty."""
+        return self.components.extra.get("recommended", {})
+
+    def resolve(self, options: EditOptions) -> EditOptions:
+        """``options`` checked, with the fields left out filled from the model's recommendation."""
+        return options.check(self.recommended)
+
+    @property
     def native_resolution(self) -> int:
         """The image size the model was trained at (UNet sample size times the VAE factor)."""
         return int(self.components.unet.config.sample_size) * self.vae_scale_factor
@@ -143,11 +152,11 @@ class Editor:
         image,
         instruction: str,
         *,
-        steps: int = 20,
-        guidance_scale: float = 7.5,
-        image_guidance_scale: float = 1.5,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        image_guidance_scale: float | None = None,
         seed: int | None = None,
-        scheduler: str = "euler_a",
+        scheduler: str | None = None,
         negative_prompt: str = "",
         num_images: int = 1,
         resolution: int | None = None,
@@ -159,6 +168,7 @@ class Editor:
         """Edit one image (PIL, path, bytes or array) or a list of them with one instruction.
 
         Returns every output image with its parameters; output ``i`` used seed ``seed + i``.
+        Steps, scales and scheduler left None take the model's recommendation (:attr:`recommended`).
         """
         options = EditOptions(
             steps=steps, guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale,
@@ -192,7 +202,8 @@ class Editor:
             raise BadOptions("no image given")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise BadOptions(f"batch_size must be a positive integer, got {batch_size!r}")
-        opts = options.check()
+        from_model = [name for name in options.unset() if name in self.recommended]
+        opts = options.check(self.recommended)
         if opts.resolution is None:
             opts = dataclasses.replace(opts, resolution=self.native_resolution)
         align = max(opts.align, self.vae_scale_factor)
@@ -242,6 +253,8 @@ class Editor:
             final.append(picture)
             params.append(self._params(instruction, opts, seeds[index], sources[j], picture, working[j],
                                        input_names[j] if input_names else None))
+            if from_model:
+                params[-1]["model_defaults"] = from_model
         return EditResult(final, params)
 
     # ---------------------------------------------------------------------------------------

@@ -96,8 +96,9 @@ class Speed:
     def make_scheduler(self, name: str, config: dict):
         """The scheduler for one edit: in fast mode Euler ancestral draws its noise before the loop."""
         from .options import normalise_scheduler
-        from .sampler import make_scheduler
+        from .sampler import check_scheduler, make_scheduler
 
+        check_scheduler(name, config)
         if self.mode == "fast" and normalise_scheduler(name) == "euler_a":
             return PredrawnEulerAncestral.from_config({k: v for k, v in config.items() if not k.startswith("_")})
         return make_scheduler(name, config)
@@ -337,7 +338,9 @@ class DeepCacheUNet:
         h = _run_up(last, self.deep, emb, res[: len(last.resnets)], encoder_hidden_states)
         if u.conv_norm_out is not None:
             h = u.conv_act(u.conv_norm_out(h))
-        return (u.conv_out(h),)
+        from .architectures import add_residual
+
+        return (add_residual(u, u.conv_out(h), sample),)
 
 
 def _run_down(block, h, emb, context):

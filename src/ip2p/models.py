@@ -232,23 +232,24 @@ def download(ref: str = DEFAULT_HUB_MODEL, progress: bool = True) -> Path:
 # loading
 
 
-def _check_architecture(unet_config: dict, text_config: dict | None, where: str) -> None:
+def _check_architecture(unet_config: dict, text_config: dict | None, where: str, latent_channels: int = 4) -> None:
     in_channels = unet_config.get("in_channels")
+    wanted = 2 * latent_channels
     if unet_config.get("addition_embed_type") == "text_time" or unet_config.get("projection_class_embeddings_input_dim"):
         raise BadModel(f"{where}: this is an SDXL-style UNet; ip2p runs SD-1.x InstructPix2Pix models")
-    if in_channels == 4:
+    if in_channels == latent_channels:
         raise BadModel(
-            f"{where}: UNet has 4 input channels, a text-to-image model; InstructPix2Pix needs 8 "
-            "(train one from it with `ip2p train`)"
+            f"{where}: UNet has {in_channels} input channels, a text-to-image model; InstructPix2Pix needs "
+            f"{wanted} (train one from it with `ip2p train`)"
         )
-    if in_channels != 8:
-        raise BadModel(f"{where}: UNet has {in_channels} input channels; InstructPix2Pix needs 8")
+    if in_channels != wanted:
+        raise BadModel(f"{where}: UNet has {in_channels} input channels; InstructPix2Pix needs {wanted} "
+                       f"(twice the VAE's {latent_channels} latent channels)")
 
 
 def load_folder(folder: str | Path, name: str | None = None, *, instruct: bool = True) -> Components:
     """Load a diffusers folder on the CPU in float32; ``instruct`` demands an 8-channel UNet."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     folder = Path(folder)
@@ -259,11 +260,12 @@ def load_folder(folder: str | Path, name: str | None = None, *, instruct: bool =
         unet_config = json.loads((folder / "unet" / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise BadModel(f"{folder}: unreadable unet/config.json ({exc})") from None
+    unet_class, vae_class, vae_config = _component_classes(folder, unet_config)
     if instruct:
-        _check_architecture(unet_config, None, str(folder))
+        _check_architecture(unet_config, None, str(folder), int(vae_config.get("latent_channels", 4)))
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
+        unet = unet_class.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
+        vae = vae_class.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
         with _no_transformers_bars():
             text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=torch.float32)
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
@@ -271,10 +273,71 @@ def load_folder(folder: str | Path, name: str | None = None, *, instruct: bool =
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadModel(f"{folder}: could not load the model: {first[:300]}") from None
     scheduler_config = _read_scheduler_config(folder)
+    recommended = read_recommended(folder)
     for module in (unet, vae, text_encoder):
         module.eval().requires_grad_(False)
-    return Components(unet, vae, text_encoder, tokenizer, scheduler_config,
-                      name=name or folder.name, source=str(folder))
+    return Components(unet, vae, text_encoder, tokenizer, scheduler_config, name=name or folder.name,
+                      source=str(folder), extra={"recommended": recommended} if recommended else {})
+
+
+RECOMMENDED_FILE = "ip2p.json"
+
+
+def recommended_for(ref: str) -> dict:
+    """The recommended edit settings of model ``ref`` without loading it ({} for single files)."""
+    if Path(ref).expanduser().is_file():
+        return {}
+    return read_recommended(resolve_folder(ref))
+
+
+def read_recommended(folder: Path) -> dict:
+    """A model folder's recommended edit settings (``ip2p.json``), checked; {} when it has none.
+
+    Example: ``{"scheduler": "euler", "steps": 20, "guidance_scale": 3.0, "image_guidance_scale": 1.2}``.
+    The editor uses them for the fields a user leaves out.
+    """
+    from .options import RECOMMENDABLE, EditOptions
+
+    path = folder / RECOMMENDED_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadModel(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or set(data) - set(RECOMMENDABLE):
+        raise BadModel(f"{path}: expected an object with some of {', '.join(RECOMMENDABLE)}")
+    try:
+        checked = EditOptions(**data).check()
+    except BadOptions as exc:
+        raise BadModel(f"{path}: {exc}") from None
+    return {name: getattr(checked, name) for name in data}
+
+
+def _component_classes(folder: Path, unet_config: dict):
+    """The UNet and VAE classes a folder's configs name (diffusers' own or ip2p's, architectures.py),
+    and the VAE's config."""
+    from .architectures import UNET_CLASSES, vae_classes
+
+    try:
+        vae_config = json.loads((folder / "vae" / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BadModel(f"{folder}: unreadable vae/config.json ({exc})") from None
+    vae_name = vae_config.get("_class_name", "AutoencoderKL")
+    unet_name = unet_config.get("_class_name", "UNet2DConditionModel")
+    vaes = vae_classes()
+    if unet_name not in UNET_CLASSES:
+        raise BadModel(f"{folder}: unknown UNet class {unet_name!r}; ip2p reads {', '.join(UNET_CLASSES)}")
+    if vae_name not in vaes:
+        raise BadModel(f"{folder}: unknown VAE class {vae_name!r}; ip2p reads {', '.join(vaes)}")
+    return UNET_CLASSES[unet_name], vaes[vae_name], vae_config
+
+
+def _library_of(module) -> list[str]:
+    """A model_index.json entry: diffusers' classes under "diffusers", ip2p's under their module."""
+    cls = type(module)
+    library = "diffusers" if cls.__module__.startswith("diffusers") else cls.__module__
+    return [library, cls.__name__]
 
 
 def _read_scheduler_config(folder: Path) -> dict:
@@ -357,8 +420,10 @@ def save_diffusers(components: Components, folder: str | Path) -> Path:
         "scheduler": ["diffusers", scheduler_config["_class_name"]],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
+        "unet": _library_of(components.unet),
+        "vae": _library_of(components.vae),
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    if components.extra.get("recommended"):
+        (folder / RECOMMENDED_FILE).write_text(json.dumps(components.extra["recommended"], indent=2) + "\n")
     return folder

@@ -45,6 +45,11 @@ OPTION_ALIASES = {
     "num_images_per_prompt": "num_images",
 }
 
+#: What an edit uses for a field the user left out and the model recommends nothing for (the
+#: paper's settings, Brooks et al. 2023, Sec. 4). A model folder may recommend its own (ip2p.json).
+GLOBAL_DEFAULTS = {"steps": 20, "guidance_scale": 7.5, "image_guidance_scale": 1.5, "scheduler": "euler_a"}
+RECOMMENDABLE = tuple(GLOBAL_DEFAULTS)
+
 MAX_SEED = 2**63 - 1
 MAX_STEPS = 1000
 MAX_SCALE = 50.0
@@ -88,11 +93,11 @@ class EditOptions:
     result records the exact seed that was used.
     """
 
-    steps: int = 20
-    guidance_scale: float = 7.5
-    image_guidance_scale: float = 1.5
+    steps: int | None = None  # None: the model's recommendation, else GLOBAL_DEFAULTS
+    guidance_scale: float | None = None
+    image_guidance_scale: float | None = None
     seed: int | None = None
-    scheduler: str = "euler_a"
+    scheduler: str | None = None
     negative_prompt: str = ""
     num_images: int = 1
     resolution: int | None = None
@@ -100,8 +105,18 @@ class EditOptions:
     keep_working_size: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
-    def check(self) -> EditOptions:
-        """Validate every field and return a normalised copy with a concrete seed."""
+    def unset(self) -> list[str]:
+        """The recommendable fields the user left out (None)."""
+        return [name for name in RECOMMENDABLE if getattr(self, name) is None]
+
+    def check(self, recommended: dict[str, Any] | None = None) -> EditOptions:
+        """Validate every field and return a normalised copy with a concrete seed.
+
+        A recommendable field left None takes the model's ``recommended`` value (its ip2p.json),
+        else :data:`GLOBAL_DEFAULTS`.
+        """
+        filled = {name: (recommended or {}).get(name, GLOBAL_DEFAULTS[name]) for name in self.unset()}
+        self = dataclasses.replace(self, **filled)
         steps = _number("steps", self.steps, int, 1, MAX_STEPS)
         text = _number("guidance_scale", self.guidance_scale, float, 0.0, MAX_SCALE)
         image = _number("image_guidance_scale", self.image_guidance_scale, float, 0.0, MAX_SCALE)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .options import normalise_scheduler
+from .options import SCHEDULERS, normalise_scheduler
 
 StepCallback = Callable[[int, int], None]
 
@@ -44,8 +44,23 @@ def _scheduler_factory(name: str):
     return table[normalise_scheduler(name)]
 
 
+#: Schedulers diffusers cannot step for an x0 model (prediction_type "sample").
+NO_SAMPLE_PREDICTION = ("euler_a", "pndm")
+
+
+def check_scheduler(name: str, config: dict) -> None:
+    """A one-line :class:`BadOptions` when scheduler ``name`` cannot step this model's prediction type."""
+    from .errors import BadOptions
+
+    if config.get("prediction_type") == "sample" and normalise_scheduler(name) in NO_SAMPLE_PREDICTION:
+        usable = ", ".join(s for s in SCHEDULERS if s not in NO_SAMPLE_PREDICTION)
+        raise BadOptions(f"scheduler {name!r} cannot run this model (it predicts x0, prediction_type "
+                         f"sample); choose one of: {usable}")
+
+
 def make_scheduler(name: str, config: dict):
     """A fresh scheduler of kind ``name`` built from a model's scheduler config."""
+    check_scheduler(name, config)
     cls, overrides = _scheduler_factory(name)
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     return cls.from_config({**config, **overrides})

@@ -18,6 +18,7 @@ import base64
 import binascii
 import collections
 import contextlib
+import dataclasses
 import hmac
 import json
 import math
@@ -233,18 +234,21 @@ def _bool(name: str, value: Any) -> bool:
     raise BadOptions(f"{name} must be true or false, got {value!r}")
 
 
-def _options(values: dict[str, Any], settings: ServerSettings) -> EditOptions:
-    """EditOptions from request fields (canonical names or aliases), checked, within server limits."""
+def _options(values: dict[str, Any], settings: ServerSettings, recommended: dict | None = None) -> EditOptions:
+    """EditOptions from request fields (canonical names or aliases), checked, within server limits;
+    fields a request leaves out take the model's ``recommended`` settings (its ip2p.json)."""
     values = dict(values)
     for key in [k for k in values if OPTION_ALIASES.get(k, k) == "keep_working_size"]:
         values[key] = _bool(key, values[key])
     values.setdefault("resolution", settings.default_resolution)
-    opts = EditOptions.from_mapping(values).check()
+    given = EditOptions.from_mapping(values)
+    opts = given.check(recommended)
     if opts.num_images > settings.max_images:
         raise BadOptions(f"num_images (n) must be at most {settings.max_images} on this server, got {opts.num_images}")
     if opts.resolution > settings.max_resolution:
         raise BadOptions(f"resolution must be at most {settings.max_resolution} on this server, got {opts.resolution}")
-    return opts
+    # the editor fills the left-out fields again and records which came from the model (model_defaults)
+    return dataclasses.replace(opts, **{name: None for name in given.unset()})
 
 
 def _format(value: Any) -> str:
@@ -302,7 +306,7 @@ def _parse_size(size: Any) -> dict[str, Any]:
 def _edit_schema(openai: bool) -> dict[str, Any]:
     """OpenAPI request schemas, written out because the handlers parse bodies themselves (so that
     every error is one line from EditOptions, not a framework validation dump)."""
-    defaults = EditOptions()
+    defaults = EditOptions().check()  # the served model's ip2p.json, when it has one, comes first
     option_props = {
         "steps": {"type": "integer", "default": defaults.steps},
         "guidance_scale": {"type": "number", "default": defaults.guidance_scale,
@@ -433,7 +437,7 @@ def create_app(editor, settings: ServerSettings | None = None):
         prompt = fields.pop("prompt", None)
         fmt = _format(fields.pop("output_format", "png"))
         fields.update(_parse_size(fields.pop("size", None)))
-        opts = _options(fields, settings)
+        opts = _options(fields, settings, editor.recommended)
         outputs = await run_edit(images[0], prompt, opts, fmt)
         width, height = outputs[0][2]
         return {"created": int(time.time()), "data": [{"b64_json": b64, "revised_prompt": None} for b64, _, _ in outputs],
@@ -469,7 +473,7 @@ def create_app(editor, settings: ServerSettings | None = None):
         if instruction is None:
             instruction = fields.pop("prompt", None)
         fmt = _format(fields.pop("format", "png"))
-        opts = _options(fields, settings)
+        opts = _options(fields, settings, editor.recommended)
         outputs = await run_edit(image, instruction, opts, fmt)
         return {"created": int(time.time()), "model": editor.model_name,
                 "images": [{"b64_json": b64, "format": fmt, "params": params} for b64, params, _ in outputs]}

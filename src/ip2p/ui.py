@@ -202,6 +202,8 @@ def build_ui(editor, defaults: EditOptions | None = None):
     """The Gradio Blocks app for ``editor``; ``defaults`` sets the widgets' starting values."""
     gr = _gradio()
     d = defaults or EditOptions(resolution=natural_resolution(editor))
+    if d.unset():  # widgets need numbers: the model's recommendation, else the global defaults
+        d = dataclasses.replace(d.check(editor.recommended), seed=d.seed)
     scratch = Scratch()
 
     def fail(exc: Ip2pError):
@@ -363,7 +365,8 @@ def run(args) -> int:
     _gradio()  # a missing Gradio is reported before the model loads
     args.quiet = False
     editor = load_editor_for(args)
-    defaults = EditOptions(resolution=args.resolution or natural_resolution(editor), steps=args.steps or 20).check()
+    defaults = EditOptions(resolution=args.resolution or natural_resolution(editor), steps=args.steps).check(
+        editor.recommended)
     defaults = dataclasses.replace(defaults, seed=None)
     demo = build_ui(editor, defaults)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

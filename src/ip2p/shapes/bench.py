@@ -33,7 +33,8 @@ from .score import ScoreRules, as_array, score_edit
 FAILURE_MODES = {"counting": ("count_add", "count_remove"), "spatial moves": ("move_object",)}
 IDENTITY_ROW = "identity under large edits"
 LARGE_EDIT_SHARE = 0.3
-DEFAULT_EDIT_OPTIONS = {"steps": 20, "guidance_scale": 7.5, "image_guidance_scale": 1.5}
+#: The settings a report records as used (from the first edit's params: the model may recommend them).
+RECORDED_SETTINGS = ("steps", "guidance_scale", "image_guidance_scale", "scheduler")
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -134,13 +135,15 @@ def run_benchmark(
     check_size(size)
     kinds = check_kinds(kinds)
     rules = rules or ScoreRules()
-    options = {**DEFAULT_EDIT_OPTIONS, "resolution": size, **(edit_options or {})}
-    results, grid = [], []
+    options = {"resolution": size, **{k: v for k, v in (edit_options or {}).items() if v is not None}}
+    results, grid, used = [], [], {}
     for i in range(n):
         example = make_example(seed + i, size, kinds=[kinds[i % len(kinds)]], split="test")
         before = Image.fromarray(example.before)
         result = editor.edit([before], example.instruction, **{"seed": seed + i, **options})
         output = as_array(result.images[0], size)
+        if not used and getattr(result, "params", None):
+            used = {k: result.params[0][k] for k in RECORDED_SETTINGS if k in result.params[0]}
         score = score_edit(example, output, rules)
         results.append(
             {
@@ -164,7 +167,7 @@ def run_benchmark(
         "size": size,
         "seed": seed,
         "kinds": list(kinds),
-        "edit_options": {k: v for k, v in options.items() if _jsonable(v)},
+        "edit_options": {k: v for k, v in {**options, **used}.items() if _jsonable(v)},
         "rules": rules.__dict__,
         "model": getattr(editor, "model_name", None) if _jsonable(getattr(editor, "model_name", None)) else None,
         "rows": rows,

@@ -15,7 +15,8 @@ from typing import Any
 from ..errors import BadOptions
 
 START_KINDS = ("text2image", "ip2p", "scratch")
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+AUTOENCODERS = ("kl", "pixel_unshuffle")
 PRECISIONS = ("no", "fp16", "bf16")
 DATA_FORMATS = ("auto", "ip2p", "hf", "jsonl")
 
@@ -53,6 +54,12 @@ class ModelConfig:
     unet_norm_groups: int = 32
     vae_norm_groups: int = 32
     vae_mid_attention: bool = True  # self-attention in the VAE's middle blocks (SD's VAE has it)
+    # kl: a learned AutoencoderKL (the vae_* keys, trained in the vae stage); pixel_unshuffle: the
+    # exact space-to-depth autoencoder (ip2p.architectures), factor 2 ** (len(vae_widths) - 1)
+    autoencoder: str = "kl"
+    # the UNet's output is a change to the input-image latent (ResidualUNet2DConditionModel);
+    # meant for prediction_type sample over an autoencoder with scaling factor 1
+    residual: bool = False
 
 
 @dataclass
@@ -107,6 +114,10 @@ class OptimConfig:
     drop_text: float = 0.05  # paper Sec. 3.2.1: 5 % text only, 5 % image only, 5 % both
     drop_image: float = 0.05
     drop_both: float = 0.05
+    final_lr_ratio: float = 1.0  # cosine decay after warm-up to lr * this at run.max_steps; 1 = constant
+    # x0 loss weight min(1, gamma / SNR_t) (Min-SNR-gamma, Hang et al. 2023); None = unweighted.
+    # Only with prediction_type sample.
+    snr_gamma: float | None = None
 
 
 @dataclass
@@ -191,6 +202,18 @@ class TrainConfig:
             raise BadOptions(f"model.base is required when model.start is {m.start!r} (a hub id, folder or file)")
         if m.prediction_type is not None:
             _choice("model.prediction_type", m.prediction_type, PREDICTION_TYPES)
+        _choice("model.autoencoder", m.autoencoder, AUTOENCODERS)
+        if m.start != "scratch" and (m.autoencoder != "kl" or m.residual):
+            raise BadOptions("model.autoencoder and model.residual shape a new model: they need model.start scratch")
+        if m.residual and m.autoencoder != "pixel_unshuffle":
+            raise BadOptions("model.residual adds the unscaled image latent: it needs model.autoencoder "
+                             "pixel_unshuffle (scaling factor 1)")
+        if o.snr_gamma is not None:
+            _positive("optim.snr_gamma", o.snr_gamma)
+            if m.prediction_type != "sample":
+                raise BadOptions("optim.snr_gamma weights the x0 loss: it needs model.prediction_type sample")
+        if not 0 < o.final_lr_ratio <= 1:
+            raise BadOptions(f"optim.final_lr_ratio must be in (0, 1], got {o.final_lr_ratio}")
         _positive("model.lora_rank", m.lora_rank, zero_ok=True)
         if m.lora_rank and m.start == "scratch":
             raise BadOptions("model.lora_rank: LoRA adapts a pretrained UNet; a scratch model trains fully")

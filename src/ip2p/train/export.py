@@ -30,8 +30,11 @@ def export_components(components: Components, cfg: TrainConfig, target: Path) ->
         unet = copy.deepcopy(unet)
         merge_lora(unet)
     scheduler_config = dict(components.scheduler_config)
+    extra = dict(components.extra)
+    if cfg.model.start == "scratch":
+        extra["recommended"] = recommended_settings(cfg, scheduler_config)
     plain = Components(unet, components.vae, components.text_encoder, components.tokenizer, scheduler_config,
-                       name=components.name, source=components.source)
+                       name=components.name, source=components.source, extra=extra)
     tmp = target.parent / f".tmp-{target.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -40,6 +43,15 @@ def export_components(components: Components, cfg: TrainConfig, target: Path) ->
         shutil.rmtree(target)
     os.replace(tmp, target)
     return target
+
+
+def recommended_settings(cfg: TrainConfig, scheduler_config: dict) -> dict:
+    """What a model trained from scratch recommends for editing (its ip2p.json): the validation
+    settings it was trained to be judged at, with a scheduler that can step its prediction type."""
+    x0 = scheduler_config.get("prediction_type") == "sample"
+    return {"scheduler": "euler" if x0 else "euler_a", "steps": cfg.run.validation_steps,
+            "guidance_scale": cfg.run.validation_text_scale,
+            "image_guidance_scale": cfg.run.validation_image_scale}
 
 
 def export_checkpoint(checkpoint: str | Path, target: str | Path) -> Path:

@@ -3,7 +3,8 @@
 Objective (Brooks et al. 2023, Eq. 2): with z = s * E(x_edited) (a posterior sample, ``s`` the
 VAE's scaling_factor), z_t = sqrt(a_t) z + sqrt(1 - a_t) eps and c_I = E(x_input) (the posterior
 mode, unscaled, exactly what the sampler concatenates at inference), minimise
-|| target - e(z_t, t, c_I, c_T) ||^2 where target is eps or v = sqrt(a_t) eps - sqrt(1 - a_t) z.
+|| target - e(z_t, t, c_I, c_T) ||^2 where target is eps, v = sqrt(a_t) eps - sqrt(1 - a_t) z, or
+z itself (x0 prediction, optionally weighted by min(1, gamma / SNR_t), Hang et al. 2023).
 Classifier-free guidance needs the unconditional branches, so c_T is replaced by the embedding of
 "" and c_I by zeros for a configurable share of samples (5 % each, 5 % both; Sec. 3.2.1).
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import logging
 import os
 import shutil
@@ -123,8 +125,7 @@ class _Trainer:
         o = cfg.optim
         params = [p for p in denoiser.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min(1.0, (s + 1) / o.warmup_steps) if o.warmup_steps else 1.0)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, o, cfg.run.max_steps))
         if state is not None:
             saved = torch.load(latest / "optimizer.pt", weights_only=False)
             optimizer.load_state_dict(saved["optimizer"])
@@ -168,7 +169,7 @@ class _Trainer:
             components = load_folder(base_dir, name=cfg.model.base or "scratch")
             return components
         components = load_start(cfg, source.instructions())
-        if cfg.model.start == "scratch" and cfg.vae.steps:
+        if cfg.model.start == "scratch" and cfg.model.autoencoder == "kl" and cfg.vae.steps:
             from .vae_stage import train_vae
 
             loss = train_vae(components.vae, dataset, cfg, acc, self.emit, size, self.vae_state, self.resume)
@@ -236,10 +237,13 @@ class _Trainer:
             pixels = torch.cat([torch.stack([g["input"] for _, g in good]), torch.stack([g["edited"] for _, g in good])])
             dist = vae.encode(pixels.to(acc.device, self.weight_dtype)).latent_dist
             n = len(good)
+            exact = not dist.std.any()  # an exact autoencoder: the posterior is a point, no logvar to keep
             modes, means, logvars = (t.float().cpu() for t in (dist.mode()[:n], dist.mean[n:], dist.logvar[n:]))
             for k, (slot, item) in enumerate(good):
                 items[slot] = {"index": item["index"], "text": item["text"], "input_latent": modes[k].clone(),
-                               "edited_mean": means[k].clone(), "edited_logvar": logvars[k].clone()}
+                               "edited_mean": means[k].clone()}
+                if not exact:
+                    items[slot]["edited_logvar"] = logvars[k].clone()
         if acc.is_main_process:
             ckpt.save_atomic({"size": size, "data": str(self.cfg.data.path), "items": items}, path)
         return _Cached(items)
@@ -326,7 +330,9 @@ class _Trainer:
             if "input_latent" in batch:
                 image_latents = batch["input_latent"].to(device)
                 noise = torch.randn(batch["edited_mean"].shape, generator=gen)
-                edited = batch["edited_mean"] + torch.exp(0.5 * batch["edited_logvar"]) * noise
+                edited = batch["edited_mean"]
+                if "edited_logvar" in batch:
+                    edited = edited + torch.exp(0.5 * batch["edited_logvar"]) * noise
                 latents = edited.to(device) * vae.config.scaling_factor
             else:
                 n = batch["input"].shape[0]
@@ -339,10 +345,19 @@ class _Trainer:
             noise = torch.randn(latents.shape, generator=gen).to(device)
             timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=gen).to(device)
             noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+            weight = None
             if self.prediction_type == "v_prediction":
                 target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-            else:
+            elif self.prediction_type == "sample":
+                target = latents
+                if o.snr_gamma is not None:
+                    alphas = self.noise_scheduler.alphas_cumprod.to(device)[timesteps]
+                    weight = torch.clamp(o.snr_gamma * (1 - alphas) / alphas, max=1.0)
+            elif self.prediction_type == "epsilon":
                 target = noise
+            else:
+                raise BadOptions(f"cannot train prediction_type {self.prediction_type!r}; use epsilon, "
+                                 "v_prediction or sample")
             # One uniform draw per sample picks its dropout case: [text | both | image | none].
             u = torch.rand(b, generator=gen)
             drop_text = u < o.drop_text + o.drop_both
@@ -353,7 +368,10 @@ class _Trainer:
             ids = torch.where(drop_text[:, None], self.empty_ids.expand_as(ids), ids).to(device)
             image_latents = image_latents * (~drop_image).to(device, image_latents.dtype)[:, None, None, None]
         pred = self.model(noisy, image_latents, timesteps, ids, tok.pad_token_id)
-        return F.mse_loss(pred.float(), target.float())
+        if weight is None:
+            return F.mse_loss(pred.float(), target.float())
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return (weight * per_sample).mean()
 
     # ---------------------------------------------------------------------------------------
     def _checkpoint(self, step: int) -> None:
@@ -388,11 +406,11 @@ class _Trainer:
             acc.wait_for_everyone()
             return
         from ..editor import Editor
-        from .export import grid
+        from .export import grid, recommended_settings
 
         c = self.components
         modules = (c.unet, c.vae, c.text_encoder)
-        dtypes = [next(m.parameters()).dtype for m in modules]
+        dtypes = [_dtype_of(m) for m in modules]
         with self._ema_weights():
             for module in modules:
                 _place(module, None, torch.float32).eval()
@@ -403,6 +421,7 @@ class _Trainer:
                 result = editor.edit(source, item["text"], steps=r.validation_steps, seed=r.seed,
                                      guidance_scale=r.validation_text_scale,
                                      image_guidance_scale=r.validation_image_scale,
+                                     scheduler=recommended_settings(self.cfg, c.scheduler_config)["scheduler"],
                                      resolution=max(64, *source.size), keep_working_size=True)
                 rows.append((source, target, result.images[0], item["text"]))
         for module, dtype in zip(modules, dtypes, strict=True):
@@ -439,6 +458,18 @@ class _Cached(torch.utils.data.Dataset):
         return self.items[item[0]]
 
 
+def _lr_factor(step: int, o, max_steps: int) -> float:
+    """Linear warm-up, then constant or a cosine decay to ``o.final_lr_ratio`` at ``max_steps``."""
+    import math
+
+    if o.warmup_steps and step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.final_lr_ratio == 1.0:
+        return 1.0
+    progress = min(1.0, (step - o.warmup_steps) / max(1, max_steps - o.warmup_steps))
+    return o.final_lr_ratio + (1 - o.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     params = dict(module.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in state]
@@ -454,9 +485,14 @@ def _place(module: torch.nn.Module, device, dtype: torch.dtype) -> torch.nn.Modu
     """Move and cast only when needed (diffusers warns on every cast, even a no-op one)."""
     if device is not None:
         module.to(device)
-    if next(module.parameters()).dtype != dtype:
+    if _dtype_of(module) not in (None, dtype):
         module.to(dtype)
     return module
+
+
+def _dtype_of(module: torch.nn.Module) -> torch.dtype | None:
+    first = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return None if first is None else first.dtype
 
 
 def _to_image(tensor: torch.Tensor):

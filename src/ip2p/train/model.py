@@ -57,6 +57,9 @@ def load_start(cfg: TrainConfig, instructions: list[str]) -> Components:
     if m.prediction_type:
         components.scheduler_config = dict(components.scheduler_config, prediction_type=m.prediction_type)
     components.scheduler_config.setdefault("prediction_type", "epsilon")
+    if components.scheduler_config["prediction_type"] == "sample":
+        # Euler ancestral cannot step an x0 model: record a scheduler stock diffusers can run it with
+        components.scheduler_config["_class_name"] = "EulerDiscreteScheduler"
     return components
 
 
@@ -89,23 +92,35 @@ def build_scratch(cfg: TrainConfig, instructions: list[str]) -> Components:
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     ))
     levels = len(m.vae_widths)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=m.vae_latent_channels,
-        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
-        block_out_channels=tuple(m.vae_widths), layers_per_block=m.vae_layers_per_block,
-        norm_num_groups=m.vae_norm_groups, mid_block_add_attention=m.vae_mid_attention,
-        sample_size=cfg.data.resolution,
-    )
+    if m.autoencoder == "pixel_unshuffle":
+        from ..architectures import PixelUnshuffleAutoencoder
+
+        vae = PixelUnshuffleAutoencoder(factor=2 ** (levels - 1), sample_size=cfg.data.resolution)
+    else:
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=m.vae_latent_channels,
+            down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+            block_out_channels=tuple(m.vae_widths), layers_per_block=m.vae_layers_per_block,
+            norm_num_groups=m.vae_norm_groups, mid_block_add_attention=m.vae_mid_attention,
+            sample_size=cfg.data.resolution,
+        )
+    channels = vae.config.latent_channels
+    unet_class = UNet2DConditionModel
+    if m.residual:
+        from ..architectures import ResidualUNet2DConditionModel as unet_class
     n = len(m.unet_widths)
-    unet = UNet2DConditionModel(
+    unet = unet_class(
         sample_size=cfg.data.resolution // 2 ** (levels - 1),
-        in_channels=2 * m.vae_latent_channels, out_channels=m.vae_latent_channels,
+        in_channels=2 * channels, out_channels=channels,
         block_out_channels=tuple(m.unet_widths), layers_per_block=m.unet_layers_per_block,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
         cross_attention_dim=m.text_hidden_size, attention_head_dim=m.unet_attention_head_dim,
         norm_num_groups=m.unet_norm_groups,
     )
+    if m.residual:  # the change starts at zero: the step-0 model returns the input image
+        torch.nn.init.zeros_(unet.conv_out.weight)
+        torch.nn.init.zeros_(unet.conv_out.bias)
     return Components(unet, vae, text_encoder, tokenizer, dict(SD15_SCHEDULER_CONFIG),
                       name="scratch", source="ip2p train")
 

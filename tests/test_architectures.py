@@ -1,0 +1,238 @@
+"""The exact autoencoder, the residual x0 UNet, per-model edit defaults (ip2p.json), and stock diffusers
+running such a model: trained from scratch here in a few steps, on real pixels."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_train import make_pair, write_ip2p
+
+from ip2p.architectures import PixelUnshuffleAutoencoder, ResidualUNet2DConditionModel
+from ip2p.errors import BadModel, BadOptions
+from ip2p.train import TrainConfig, train
+
+torch.set_num_threads(1)
+
+
+def x0_config(run: Path, data: Path, **model) -> TrainConfig:
+    return TrainConfig.from_mapping({
+        "model": {"start": "scratch", "autoencoder": "pixel_unshuffle", "residual": True, "prediction_type": "sample",
+                  "unet_widths": [32, 64], "text_hidden_size": 32, "text_max_length": 16, "vae_widths": [16, 32],
+                  "vae_norm_groups": 4, "unet_norm_groups": 8, **model},
+        "data": {"path": str(data), "resolution": 16, "validation_count": 1, "random_crop": False, "flip": False},
+        "optim": {"batch_size": 2, "lr": 1e-3, "snr_gamma": 5.0, "final_lr_ratio": 0.1},
+        "run": {"output_dir": str(run), "max_steps": 3, "checkpoint_every": 0, "device": "cpu", "tensorboard": False,
+                "validation_steps": 2, "validation_text_scale": 3.0, "validation_image_scale": 1.2},
+    })
+
+
+@pytest.fixture(scope="module")
+def x0_model(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("x0")
+    data = write_ip2p(tmp / "d", 4, size=16)
+    result = train(x0_config(tmp / "run", data))
+    return result.model_dir
+
+
+def test_pixel_unshuffle_round_trip_is_exact_and_saves(tmp_path):
+    ae = PixelUnshuffleAutoencoder(factor=4)
+    pixels = torch.from_numpy(np.array(make_pair(3, 32)[0])).permute(2, 0, 1)[None].float() / 127.5 - 1
+    latents = ae.encode(pixels).latent_dist.mode()
+    assert latents.shape == (1, 48, 8, 8)
+    assert torch.equal(ae.decode(latents).sample, pixels)
+    ae.save_pretrained(tmp_path / "vae")
+    back = PixelUnshuffleAutoencoder.from_pretrained(tmp_path / "vae")
+    assert back.config.latent_channels == 48 and len(back.config.block_out_channels) == 3  # diffusers: factor 4
+    assert back.dtype == torch.float32
+
+
+def test_step_zero_residual_model_returns_the_input(tmp_path):
+    """conv_out starts at zero, so with s_I = 1 every x0 prediction is the input latent: the edit is the input."""
+    data = write_ip2p(tmp_path / "d", 4, size=16)
+    cfg = x0_config(tmp_path / "run", data)
+    from ip2p.train.model import load_start
+
+    components = load_start(cfg, ["make the square red"])
+    assert isinstance(components.unet, ResidualUNet2DConditionModel)
+    assert not components.unet.conv_out.weight.any()
+    source = make_pair(1, 16)[0]
+    from ip2p.editor import Editor
+
+    out = Editor(components).edit(source, "make the square red", steps=4, seed=0, guidance_scale=3.0,
+                                       image_guidance_scale=1.0, scheduler="euler", resolution=16)
+    diff = np.abs(np.asarray(out.image, float) - np.asarray(source, float)).max()
+    assert diff <= 1
+
+
+def test_x0_training_exports_recommended_settings_and_model_classes(x0_model):
+    import ip2p
+
+    index = json.loads((x0_model / "model_index.json").read_text())
+    assert index["unet"] == ["ip2p.architectures", "ResidualUNet2DConditionModel"]
+    assert index["vae"] == ["ip2p.architectures", "PixelUnshuffleAutoencoder"]
+    assert index["scheduler"] == ["diffusers", "EulerDiscreteScheduler"]
+    assert json.loads((x0_model / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "sample"
+    assert json.loads((x0_model / "ip2p.json").read_text()) == {
+        "scheduler": "euler", "steps": 2, "guidance_scale": 3.0, "image_guidance_scale": 1.2}
+    editor = ip2p.load_editor(str(x0_model), device="cpu")
+    assert isinstance(editor.components.vae, PixelUnshuffleAutoencoder)
+    source = make_pair(0, 16)[0]
+    used = editor.edit(source, "make the square red", seed=3).params[0]
+    assert (used["scheduler"], used["steps"], used["guidance_scale"], used["image_guidance_scale"]) == \
+        ("euler", 2, 3.0, 1.2)
+    assert used["model_defaults"] == ["steps", "guidance_scale", "image_guidance_scale", "scheduler"]
+    mine = editor.edit(source, "make the square red", seed=3, steps=3, scheduler="ddim").params[0]
+    assert (mine["scheduler"], mine["steps"], mine["guidance_scale"]) == ("ddim", 3, 3.0)
+    assert mine["model_defaults"] == ["guidance_scale", "image_guidance_scale"]
+    with pytest.raises(BadOptions, match="cannot run this model"):
+        editor.edit(source, "make the square red", scheduler="euler_a")
+
+
+def test_stock_diffusers_matches_ip2p_on_an_x0_residual_model(x0_model):
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    import ip2p
+
+    folder = str(x0_model)
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+        folder, vae=PixelUnshuffleAutoencoder.from_pretrained(folder, subfolder="vae"),
+        unet=ResidualUNet2DConditionModel.from_pretrained(folder, subfolder="unet"), safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    source = make_pair(2, 16)[0]
+    theirs = pipe("make the square red", image=source, num_inference_steps=4, guidance_scale=3.0,
+                  image_guidance_scale=1.2, generator=torch.Generator().manual_seed(5), output_type="np").images[0]
+    ours = ip2p.load_editor(folder, device="cpu").edit(source, "make the square red", steps=4, seed=5,
+                                                       guidance_scale=3.0, image_guidance_scale=1.2)
+    assert np.abs(theirs * 255 - np.asarray(ours.image, float)).max() <= 1.0
+
+
+def test_same_seed_same_output(x0_model):
+    import ip2p
+
+    editor = ip2p.load_editor(str(x0_model), device="cpu")
+    source = make_pair(1, 16)[0]
+    a, b = (np.asarray(editor.edit(source, "make the square blue", seed=9).image) for _ in range(2))
+    assert np.array_equal(a, b)
+
+
+def test_cli_refuses_an_ancestral_scheduler_on_an_x0_model(x0_model, tmp_path):
+    source = tmp_path / "in.png"
+    make_pair(0, 16)[0].save(source)
+    proc = subprocess.run([sys.executable, "-m", "ip2p", "edit", str(source), "-i", "make the square red", "-o",
+                           str(tmp_path / "out.png"), "--model", str(x0_model), "--scheduler", "euler_a", "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and not (tmp_path / "out.png").exists()
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "euler_a" in lines[0] and "x0" in lines[0], proc.stderr
+
+
+def test_bad_recommendation_file_is_a_one_line_model_error(x0_model, tmp_path):
+    import shutil
+
+    import ip2p
+
+    copy = tmp_path / "m"
+    shutil.copytree(x0_model, copy)
+    (copy / "ip2p.json").write_text(json.dumps({"steps": 0}))
+    with pytest.raises(BadModel, match="ip2p.json: steps must be between"):
+        ip2p.load_editor(str(copy), device="cpu")
+    (copy / "ip2p.json").write_text(json.dumps({"strength": 1}))
+    with pytest.raises(BadModel, match="expected an object with some of"):
+        ip2p.load_editor(str(copy), device="cpu")
+
+
+def test_config_checks_for_the_new_keys(tmp_path):
+    data = tmp_path / "d"
+    with pytest.raises(BadOptions, match="model.autoencoder must be one of"):
+        x0_config(tmp_path / "r", data, autoencoder="vq").check()
+    with pytest.raises(BadOptions, match="model.residual .* needs model.autoencoder pixel_unshuffle"):
+        x0_config(tmp_path / "r", data, autoencoder="kl").check()
+    with pytest.raises(BadOptions, match="snr_gamma weights the x0 loss"):
+        x0_config(tmp_path / "r", data, residual=False, prediction_type="epsilon").check()
+    with pytest.raises(BadOptions, match="model.prediction_type must be one of"):
+        x0_config(tmp_path / "r", data, prediction_type="flow").check()
+
+
+def test_x0_training_lowers_the_loss(tmp_path):
+    data = write_ip2p(tmp_path / "d", 4, size=16)
+    cfg = x0_config(tmp_path / "run", data)
+    cfg.run.max_steps, cfg.optim.final_lr_ratio, cfg.data.validation_count = 30, 1.0, 0
+    losses = train(cfg, export=False).losses
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_image_from_stock_loader_without_passing_classes(x0_model):
+    """model_index.json names ip2p's classes, so a plain from_pretrained (ip2p installed) loads them too."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(str(x0_model), safety_checker=None)
+    assert isinstance(pipe.vae, PixelUnshuffleAutoencoder) and isinstance(pipe.unet, ResidualUNet2DConditionModel)
+
+
+def test_server_and_batch_use_the_model_recommendation(x0_model, tmp_path):
+    """Over real HTTP and a real batch process: left-out settings come from ip2p.json, given ones win."""
+    import base64
+    import io
+
+    import httpx
+
+    import ip2p
+    from ip2p.images import read_params
+    from ip2p.server import BackgroundServer, ServerSettings, create_app
+
+    source = make_pair(0, 16)[0]
+    buffer = io.BytesIO()
+    source.save(buffer, format="PNG")
+    editor = ip2p.load_editor(str(x0_model), device="cpu")
+    settings = ServerSettings(ui=False, default_resolution=16)
+    with BackgroundServer(create_app(editor, settings)) as running, httpx.Client(base_url=running.url, timeout=120) as c:
+        body = {"image": base64.b64encode(buffer.getvalue()).decode(), "instruction": "make the square red", "seed": 1}
+        params = c.post("/v1/edit", json=body).json()["images"][0]["params"]
+        assert (params["scheduler"], params["steps"], params["guidance_scale"]) == ("euler", 2, 3.0)
+        assert params["model_defaults"] == ["steps", "guidance_scale", "image_guidance_scale", "scheduler"]
+        bad = c.post("/v1/edit", json={**body, "scheduler": "euler_a"})
+        assert bad.status_code == 400 and "cannot run this model" in bad.json()["error"]["message"]
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    source.save(folder / "a.png")
+    proc = subprocess.run([sys.executable, "-m", "ip2p", "batch", str(folder), "-i", "make the square red", "-o",
+                           str(tmp_path / "out"), "--model", str(x0_model), "--steps", "3", "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    recorded = read_params(next((tmp_path / "out").glob("a*.png")))
+    assert (recorded["scheduler"], recorded["steps"], recorded["image_guidance_scale"]) == ("euler", 3, 1.2)
+
+
+def test_single_file_export_refuses_the_ip2p_classes(x0_model, tmp_path):
+    from ip2p.convert import save_single_file
+    from ip2p.models import load_folder
+
+    with pytest.raises(BadModel, match="keep it as a diffusers folder"):
+        save_single_file(load_folder(x0_model), tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_deepcache_forward_keeps_the_residual(x0_model):
+    """approx mode re-implements the UNet forward; at interval 1 it must equal the class's own forward."""
+    from ip2p.fast import DeepCacheUNet
+    from ip2p.models import load_folder
+
+    unet = load_folder(x0_model).unet
+    gen = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, 96, 4, 4, generator=gen)
+    context = torch.randn(2, 16, 32, generator=gen)
+    with torch.no_grad():
+        expected = unet(sample, 500, context, return_dict=False)[0]
+        got = DeepCacheUNet(unet, 1)(sample, 500, context)[0]
+    assert torch.allclose(got, expected, atol=1e-5)
+        from diffusers import UNet2DConditionModel
+
+        plain = UNet2DConditionModel.forward(unet, sample, 500, context, return_dict=False)[0]
+    assert torch.allclose(expected - plain, sample[:, 48:], atol=1e-5)  # the residual is the image half
