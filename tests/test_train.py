@@ -228,7 +228,8 @@ def test_example_configs_load():
         cfg = TrainConfig.from_yaml(root / name).check()
         assert cfg.run.max_steps > 0
     demo = TrainConfig.from_yaml(root / "demo-shapes.yaml")
-    assert demo.model.start == "scratch" and demo.model.prediction_type == "v_prediction"
+    assert demo.model.start == "scratch" and demo.model.prediction_type == "sample" and demo.model.residual
+    assert demo.model.autoencoder == "pixel_unshuffle"
     assert demo.data.resolution == 64
 
 

@@ -238,12 +238,14 @@ def plan(
     model: str,
     align_floor: int = 8,
     recommended: dict | None = None,
+    native_resolution: int = 512,
 ) -> list[Unit]:
     """Check each item's options, compute its working size and decide whether it is already done.
 
     ``base`` holds the options the user gave on the command line (canonical names); a table row
     overrides them. ``align_floor`` is the model's VAE factor (the editor aligns to at least it).
-    ``recommended`` is the model's ip2p.json: it fills what neither gives.
+    ``recommended`` is the model's ip2p.json: it fills what neither gives. ``native_resolution``
+    (the model's training size) is the working size when no resolution is given, as in the editor.
     """
     from .editor import pixel_digest
     from .images import load_image, working_size
@@ -261,6 +263,8 @@ def plan(
             values = {**base, **item.overrides}
             values.setdefault("seed", 0)
             opts = EditOptions.from_mapping(values).check(recommended)
+            if opts.resolution is None:
+                opts = dataclasses.replace(opts, resolution=native_resolution)
             unit.instruction = item.instruction if item.instruction is not None else (instruction or "")
             if not unit.instruction.strip():
                 raise BadOptions("no instruction (give -i or an 'instruction' column)")
@@ -444,7 +448,7 @@ def _parse_seeds(text: str | None) -> list[int] | None:
 
 def run(args) -> int:
     from .commands import load_editor_for, options_from_args
-    from .models import default_model, recommended_for
+    from .models import default_model, native_resolution_of, recommended_for
 
     if args.batch_size < 1:
         raise BadOptions(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -463,7 +467,7 @@ def run(args) -> int:
     model = str(args.model) if args.model is not None else default_model()
     args.model = model
     units = plan(items, out_dir=out_dir, instruction=args.instruction, base=base, seeds=seeds, fmt=args.format,
-                 model=model, recommended=recommended_for(model))
+                 model=model, recommended=recommended_for(model), native_resolution=native_resolution_of(model))
     if args.instruction is None and all(u.status == "failed" and "no instruction" in (u.error or "") for u in units):
         raise BadOptions("no instruction given (-i/--instruction, or an 'instruction' column in a CSV/JSONL list)")
 

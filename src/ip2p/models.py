@@ -290,6 +290,20 @@ def recommended_for(ref: str) -> dict:
     return read_recommended(resolve_folder(ref))
 
 
+def native_resolution_of(ref: str) -> int:
+    """The image size model ``ref`` was trained at, from its configs without loading it (512 for
+    single files, SD-1.x's)."""
+    if Path(ref).expanduser().is_file():
+        return 512
+    folder = resolve_folder(ref)
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BadModel(f"{folder}: unreadable unet/vae config ({exc})") from None
+
+
 def read_recommended(folder: Path) -> dict:
     """A model folder's recommended edit settings (``ip2p.json``), checked; {} when it has none.
 
