@@ -27,7 +27,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
@@ -40,7 +40,6 @@ class ExactLatent:
     def __init__(self, latents: torch.Tensor):
         self.mean = latents
         self.std = torch.zeros_like(latents)
-        self.var = self.std
         self.logvar = torch.full_like(latents, -math.inf)
 
     def mode(self) -> torch.Tensor:
@@ -48,9 +47,6 @@ class ExactLatent:
 
     def sample(self, generator=None) -> torch.Tensor:
         return self.mean
-
-    def kl(self, other=None) -> torch.Tensor:
-        return torch.zeros(self.mean.shape[0], device=self.mean.device, dtype=self.mean.dtype)
 
 
 class PixelUnshuffleAutoencoder(ModelMixin, ConfigMixin):
@@ -112,11 +108,6 @@ def add_residual(unet, out: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
     return out + sample[:, c:2 * c]
 
 
-UNET_CLASSES = {"UNet2DConditionModel": UNet2DConditionModel,
-                "ResidualUNet2DConditionModel": ResidualUNet2DConditionModel}
-
-
-def vae_classes() -> dict:
-    from diffusers import AutoencoderKL
-
-    return {"AutoencoderKL": AutoencoderKL, "PixelUnshuffleAutoencoder": PixelUnshuffleAutoencoder}
+#: The classes a model folder's configs may name (``_class_name``), by name.
+UNET_CLASSES = {cls.__name__: cls for cls in (UNet2DConditionModel, ResidualUNet2DConditionModel)}
+VAE_CLASSES = {cls.__name__: cls for cls in (AutoencoderKL, PixelUnshuffleAutoencoder)}

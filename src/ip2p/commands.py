@@ -11,20 +11,20 @@ import sys
 from pathlib import Path
 
 from .errors import BadImage, BadOptions
-from .options import GLOBAL_DEFAULTS, SCHEDULERS, EditOptions
+from .options import DEFAULT_HELP, SCHEDULERS, EditOptions
 
 
 def add_edit_options(p: argparse.ArgumentParser) -> None:
     """Flags shared by every command that edits (edit, batch, bench): kebab-case EditOptions."""
-    d = {name: f"the model's ip2p.json, else {value}" for name, value in GLOBAL_DEFAULTS.items()}
+    d = DEFAULT_HELP
     g = p.add_argument_group("edit options")
-    g.add_argument("--steps", type=int, default=None, help=f"denoising steps (default: {d['steps']})")
+    g.add_argument("--steps", type=int, default=None, help=f"denoising steps ({d['steps']})")
     g.add_argument("--text-cfg", "--guidance-scale", dest="guidance_scale", type=float, default=None,
-                   help=f"text guidance s_T: how much to change (default: {d['guidance_scale']})")
+                   help=f"text guidance s_T: how much to change ({d['guidance_scale']})")
     g.add_argument("--image-cfg", "--image-guidance-scale", dest="image_guidance_scale", type=float,
-                   default=None, help=f"image guidance s_I: how close to the input (default: {d['image_guidance_scale']})")
+                   default=None, help=f"image guidance s_I: how close to the input ({d['image_guidance_scale']})")
     g.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, recorded)")
-    g.add_argument("--scheduler", default=None, help=f"one of {', '.join(SCHEDULERS)} (default: {d['scheduler']})")
+    g.add_argument("--scheduler", default=None, help=f"one of {', '.join(SCHEDULERS)} ({d['scheduler']})")
     g.add_argument("--negative-prompt", default=None, help="what to steer away from (default empty)")
     g.add_argument("--num-images", type=int, default=None, help="variations per input (seeds seed, seed+1, ...)")
     g.add_argument("--resolution", type=int, default=None, help="long side of the working size (default: the model's native size, 512 for SD-1.5)")

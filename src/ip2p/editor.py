@@ -90,14 +90,12 @@ class Editor:
         """The model's recommended steps / scales / scheduler (its folder's ip2p.json), maybe empty."""
         return self.components.extra.get("recommended", {})
 
-    def resolve(self, options: EditOptions) -> EditOptions:
-        """``options`` checked, with the fields left out filled from the model's recommendation."""
-        return options.check(self.recommended)
-
     @property
     def native_resolution(self) -> int:
         """The image size the model was trained at (UNet sample size times the VAE factor)."""
-        return int(self.components.unet.config.sample_size) * self.vae_scale_factor
+        from .models import native_resolution
+
+        return native_resolution(self.components.unet.config, self.components.vae.config)
 
     @property
     def vae_scale_factor(self) -> int:

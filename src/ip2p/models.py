@@ -299,9 +299,14 @@ def native_resolution_of(ref: str) -> int:
     try:
         unet = json.loads((folder / "unet" / "config.json").read_text())
         vae = json.loads((folder / "vae" / "config.json").read_text())
-        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        return native_resolution(unet, vae)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BadModel(f"{folder}: unreadable unet/vae config ({exc})") from None
+
+
+def native_resolution(unet_config, vae_config) -> int:
+    """UNet sample size times the VAE factor 2 ** (levels - 1), as diffusers derives it."""
+    return int(unet_config["sample_size"]) * 2 ** (len(vae_config["block_out_channels"]) - 1)
 
 
 def read_recommended(folder: Path) -> dict:
@@ -331,7 +336,7 @@ def read_recommended(folder: Path) -> dict:
 def _component_classes(folder: Path, unet_config: dict):
     """The UNet and VAE classes a folder's configs name (diffusers' own or ip2p's, architectures.py),
     and the VAE's config."""
-    from .architectures import UNET_CLASSES, vae_classes
+    from .architectures import UNET_CLASSES, VAE_CLASSES
 
     try:
         vae_config = json.loads((folder / "vae" / "config.json").read_text())
@@ -339,12 +344,11 @@ def _component_classes(folder: Path, unet_config: dict):
         raise BadModel(f"{folder}: unreadable vae/config.json ({exc})") from None
     vae_name = vae_config.get("_class_name", "AutoencoderKL")
     unet_name = unet_config.get("_class_name", "UNet2DConditionModel")
-    vaes = vae_classes()
     if unet_name not in UNET_CLASSES:
         raise BadModel(f"{folder}: unknown UNet class {unet_name!r}; ip2p reads {', '.join(UNET_CLASSES)}")
-    if vae_name not in vaes:
-        raise BadModel(f"{folder}: unknown VAE class {vae_name!r}; ip2p reads {', '.join(vaes)}")
-    return UNET_CLASSES[unet_name], vaes[vae_name], vae_config
+    if vae_name not in VAE_CLASSES:
+        raise BadModel(f"{folder}: unknown VAE class {vae_name!r}; ip2p reads {', '.join(VAE_CLASSES)}")
+    return UNET_CLASSES[unet_name], VAE_CLASSES[vae_name], vae_config
 
 
 def _library_of(module) -> list[str]:

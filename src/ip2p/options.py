@@ -49,6 +49,8 @@ OPTION_ALIASES = {
 #: paper's settings, Brooks et al. 2023, Sec. 4). A model folder may recommend its own (ip2p.json).
 GLOBAL_DEFAULTS = {"steps": 20, "guidance_scale": 7.5, "image_guidance_scale": 1.5, "scheduler": "euler_a"}
 RECOMMENDABLE = tuple(GLOBAL_DEFAULTS)
+#: How every surface's help text states those defaults.
+DEFAULT_HELP = {name: f"default: the model's ip2p.json, else {value}" for name, value in GLOBAL_DEFAULTS.items()}
 
 MAX_SEED = 2**63 - 1
 MAX_STEPS = 1000

@@ -8,6 +8,7 @@ import sys
 
 from ..cli import add_threads_option
 from ..errors import BadOptions
+from ..options import DEFAULT_HELP
 
 
 def register(subparsers) -> None:
@@ -44,11 +45,12 @@ def register(subparsers) -> None:
     b.add_argument("--size", type=int, default=64)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--kinds", default=None, help="comma-separated edit kinds (default all)")
-    model_default = "default: the model's ip2p.json, else"
-    b.add_argument("--steps", type=int, default=None, help=f"{model_default} 20")
-    b.add_argument("--guidance-scale", type=float, default=None, help=f"text CFG s_T ({model_default} 7.5)")
-    b.add_argument("--image-guidance-scale", type=float, default=None, help=f"image CFG s_I ({model_default} 1.5)")
-    b.add_argument("--scheduler", default=None, help=f"{model_default} euler_a")
+    d = DEFAULT_HELP
+    b.add_argument("--steps", type=int, default=None, help=d["steps"])
+    b.add_argument("--guidance-scale", type=float, default=None, help=f"text CFG s_T ({d['guidance_scale']})")
+    b.add_argument("--image-guidance-scale", type=float, default=None,
+                   help=f"image CFG s_I ({d['image_guidance_scale']})")
+    b.add_argument("--scheduler", default=None, help=d["scheduler"])
     b.add_argument("--device", default="auto")
     b.add_argument("--dtype", default="auto")
     b.add_argument("--out", required=True, help="folder for report.md, report.json and grid.png")

@@ -19,6 +19,7 @@ import contextlib
 import csv
 import itertools
 import logging
+import math
 import os
 import shutil
 import time
@@ -460,8 +461,6 @@ class _Cached(torch.utils.data.Dataset):
 
 def _lr_factor(step: int, o, max_steps: int) -> float:
     """Linear warm-up, then constant or a cosine decay to ``o.final_lr_ratio`` at ``max_steps``."""
-    import math
-
     if o.warmup_steps and step < o.warmup_steps:
         return (step + 1) / o.warmup_steps
     if o.final_lr_ratio == 1.0:
