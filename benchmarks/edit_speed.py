@@ -129,9 +129,9 @@ def make_runner(mode: str, base, args, device):
         elif kind == "fast":
             editor = optimize(Editor(own()), "fast", use_cache=not args.no_cache)
         elif kind == "low-memory":
-            editor = optimize(Editor(own() if device.type == "cuda" else base), "low-memory")
-        else:
-            editor = optimize(Editor(base), "approx", interval=args.interval)
+            editor = optimize(Editor(own()), "low-memory")
+        else:  # a model takes one mode (modes change modules in place): each gets its own copy
+            editor = optimize(Editor(own()), "approx", interval=args.interval)
 
         def run(images, seed):
             return editor.edit(list(images), INSTRUCTION, steps=args.steps, seed=seed, scheduler=args.scheduler,

@@ -43,7 +43,8 @@ def free_port() -> int:
 
 
 def pick_model(workdir: Path) -> str:
-    from ip2p.models import bundled_models, save_diffusers
+    from ip2p.components import save_diffusers
+    from ip2p.models import bundled_models
     from ip2p.tiny import build_tiny_components
 
     if "demo" in bundled_models():

@@ -83,7 +83,7 @@ def run_ip2p(args, work: Path) -> dict:
         cfg["vae"]["steps"] = 0
         model = cfg["model"]
     else:
-        from ip2p.models import save_diffusers
+        from ip2p.components import save_diffusers
 
         save_diffusers(sd15_components(["turn", "it", "into", "a", "negative"]), work / "sd15")
         model = {"start": "text2image", "base": str(work / "sd15"), "gradient_checkpointing": args.gradient_checkpointing}

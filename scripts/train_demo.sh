@@ -30,7 +30,7 @@ if [ "$PROFILE" = gpu ]; then
 else
   CONFIG=configs/demo-shapes.yaml
   RUN=runs/demo-shapes
-  MAX_STEPS=${MAX_STEPS:-2800}   # ~70 min at ~43 samples/s on 2 idle cores
+  MAX_STEPS=${MAX_STEPS:-3000}   # ~1.5-2 h at 30-43 samples/s on 2 idle cores (the rate differs between EPYC machines)
 fi
 
 echo "== data: $N triplets at 64 px -> $DATA"

@@ -86,7 +86,7 @@ def test_x0_training_exports_recommended_settings_and_model_classes(x0_model):
     used = editor.edit(source, "make the square red", seed=3).params[0]
     assert (used["scheduler"], used["steps"], used["guidance_scale"], used["image_guidance_scale"]) == \
         ("euler", 2, 3.0, 1.2)
-    assert used["model_defaults"] == ["steps", "guidance_scale", "image_guidance_scale", "scheduler"]
+    assert used["model_defaults"] == ["steps", "scheduler", "guidance_scale", "image_guidance_scale"]
     mine = editor.edit(source, "make the square red", seed=3, steps=3, scheduler="ddim").params[0]
     assert (mine["scheduler"], mine["steps"], mine["guidance_scale"]) == ("ddim", 3, 3.0)
     assert mine["model_defaults"] == ["guidance_scale", "image_guidance_scale"]
@@ -195,7 +195,7 @@ def test_server_and_batch_use_the_model_recommendation(x0_model, tmp_path):
         body = {"image": base64.b64encode(buffer.getvalue()).decode(), "instruction": "make the square red", "seed": 1}
         params = c.post("/v1/edit", json=body).json()["images"][0]["params"]
         assert (params["scheduler"], params["steps"], params["guidance_scale"]) == ("euler", 2, 3.0)
-        assert params["model_defaults"] == ["steps", "guidance_scale", "image_guidance_scale", "scheduler"]
+        assert params["model_defaults"] == ["steps", "scheduler", "guidance_scale", "image_guidance_scale"]
         bad = c.post("/v1/edit", json={**body, "scheduler": "euler_a"})
         assert bad.status_code == 422 and "cannot run this model" in bad.json()["error"]["message"]
 

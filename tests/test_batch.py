@@ -11,11 +11,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import gradient_image
 from PIL import Image
 
 from ip2p.cli import main
 from ip2p.images import read_params
+from ip2p.tiny import gradient_image
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
 FAST = ["--steps", "2", "--text-cfg", "1", "--image-cfg", "1", "--resolution", "64", "-q"]
@@ -108,7 +108,7 @@ def test_table_with_per_row_options_and_seed_variations(tmp_path, tree, tiny_mod
 @pytest.mark.parametrize("argv,needle", [
     (["--seeds", "1,x"], "--seeds must be comma-separated integers"),
     (["--seeds", "1", "--seed", "2"], "either --seeds or --seed"),
-    (["--steps", "0"], "steps must be between 1 and 1000"),
+    (["--steps", "0"], "--steps must be between 1 and 1000"),
     (["--scheduler", "warp"], "unknown scheduler 'warp'"),
 ])
 def test_bad_flags_fail_before_any_work(tmp_path, tree, tiny_model_dir, capsys, argv, needle):

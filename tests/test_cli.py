@@ -21,7 +21,7 @@ def ip2p(*args, stdin: bytes | None = None, cwd=None) -> subprocess.CompletedPro
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from ip2p.models import save_diffusers
+    from ip2p.components import save_diffusers
     from ip2p.tiny import build_tiny_components
 
     return save_diffusers(build_tiny_components(seed=0), tmp_path_factory.mktemp("cli") / "tiny")
@@ -29,7 +29,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture
 def photo(tmp_path):
-    from conftest import gradient_image
+    from ip2p.tiny import gradient_image
 
     path = tmp_path / "in.png"
     gradient_image(40, 30).save(path)
@@ -68,15 +68,17 @@ def test_num_images_and_jpeg(tmp_path, model_dir, photo):
     run = ip2p("edit", photo, "-i", "x", "-o", tmp_path / "v.jpg", "--model", model_dir, "--steps", 2,
                "--seed", 5, "--num-images", 2)
     assert run.returncode == 0, run.stderr.decode()
-    seeds = [json.loads(ip2p("show-params", tmp_path / f"v-{i}.jpg", "--json").stdout)["seed"] for i in range(2)]
+    seeds = [json.loads(ip2p("show-params", tmp_path / f"v_s{seed}.jpg", "--json").stdout)["seed"]
+             for seed in (5, 6)]
     assert seeds == [5, 6]
 
 
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["--steps", "0"], "steps must be between 1 and 1000"),
-        (["--text-cfg", "-2"], "guidance_scale must be between"),
+        (["--steps", "0"], "--steps must be between 1 and 1000"),
+        (["--text-cfg", "-2"], "--text-cfg must be between 0 and 50, got -2"),
+        (["--guidance-scale", "99"], "--text-cfg must be between 0 and 50, got 99"),
         (["--scheduler", "warp"], "unknown scheduler 'warp'"),
         (["--steps", "many"], "argument --steps: invalid int value"),
         (["--device", "toaster"], "unknown device"),
@@ -133,3 +135,24 @@ def test_download_offline_fails_cleanly():
     run = ip2p("download", "nobody/nothing")
     err = run.stderr.decode().strip()
     assert run.returncode == 2 and "could not download 'nobody/nothing'" in err and len(err.splitlines()) == 1
+
+
+def test_progress_bar_rate_is_measured_between_ticks(monkeypatch):
+    """The bar starts at the first tick, so its first rate is not steps over a microsecond."""
+    import time
+
+    from ip2p.cli.common import ProgressBar
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    bar = ProgressBar(True)
+    bar(1, 20)
+    time.sleep(0.2)
+    bar(2, 20)
+    rate = bar.bar.format_dict["rate"] or bar.bar.n / bar.bar.format_dict["elapsed"]
+    bar.close()
+    assert bar.bar.n == 2 and rate < 50, rate
+
+
+def test_batch_help_states_its_seed_default():
+    out = ip2p("batch", "--help").stdout.decode()
+    assert "default 0" in " ".join(out.split()) and "random" not in out.split("--seed ")[1].split("--")[0]

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ip2p.components import save_diffusers
 from ip2p.datagen import p2p
 from ip2p.datagen.clipfilter import ClipScorer, FilterOptions, passes, preprocess, select, to_tensor
 from ip2p.datagen.images import (
@@ -30,7 +31,6 @@ from ip2p.datagen.pipeline import run_images, shard
 from ip2p.datagen.store import PairStore, export_parquet
 from ip2p.datagen.tiny import build_tiny_clip, save_tiny_clip
 from ip2p.errors import BadData, BadModel, BadOptions
-from ip2p.models import save_diffusers
 from ip2p.tiny import build_tiny_components
 
 torch.set_num_threads(1)  # tiny models: one thread is faster than two on a shared CPU
@@ -386,11 +386,10 @@ def test_sigkilled_run_resumes_without_loss_or_duplicates(saved, tmp_path):
 
 
 def _cli(argv):
-    from ip2p.cli import _Parser
-    from ip2p.datagen import commands
+    from ip2p.cli import Parser, datagen
 
-    parser = _Parser(prog="ip2p")
-    commands.register(parser.add_subparsers(dest="command", parser_class=_Parser))
+    parser = Parser(prog="ip2p")
+    datagen.register(parser.add_subparsers(dest="command", parser_class=Parser))
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
+from ip2p.components import save_diffusers
 from ip2p.datagen.clipfilter import FilterOptions
 from ip2p.datagen.images import ImageOptions
 from ip2p.datagen.store import PairStore
 from ip2p.datagen.tiny import build_tiny_clip, save_tiny_clip
-from ip2p.models import save_diffusers
 from ip2p.tiny import build_tiny_components
 
 ray = pytest.importorskip("ray")

@@ -286,11 +286,10 @@ def test_examples_file_in_gpt3_format(tmp_path):
 
 
 def _cli(argv):
-    from ip2p.cli import _Parser
-    from ip2p.datagen import commands
+    from ip2p.cli import Parser, datagen
 
-    parser = _Parser(prog="ip2p")
-    commands.register(parser.add_subparsers(dest="command", parser_class=_Parser))
+    parser = Parser(prog="ip2p")
+    datagen.register(parser.add_subparsers(dest="command", parser_class=Parser))
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -316,7 +315,6 @@ def test_cli_text_and_finetune(tmp_path):
 
 
 def test_shapes_world_prompts(tmp_path):
-    pytest.importorskip("ip2p.shapes")
     out = tmp_path / "shapes.jsonl"
     assert _cli(["datagen", "text", "--shapes", "5", "--seed", "3", "--out", str(out)]) == 0
     rows = read_prompts(out)

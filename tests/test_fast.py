@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import gradient_image
 
 from ip2p.editor import Editor
 from ip2p.errors import BadOptions
 from ip2p.fast import DeepCacheUNet, check_mode, optimize
-from ip2p.tiny import build_tiny_components
+from ip2p.tiny import build_tiny_components, gradient_image
 
 ROOT = Path(__file__).resolve().parents[1]
 EDIT = {"steps": 4, "seed": 11, "scheduler": "euler_a"}
@@ -59,13 +58,13 @@ def test_fast_compiled_equals_default_and_caches(reference, tmp_path, monkeypatc
     monkeypatch.setenv("IP2P_CACHE_DIR", str(tmp_path))
     image, expected = reference
     editor = fresh_editor("fast", freeze=False)
-    assert editor.speed.compiled and not editor.speed.cache_loaded
+    assert editor.runner.compiled and not editor.runner.cache_loaded
     out = editor.edit(image, "make it blue", **EDIT)
     assert psnr(out.image, expected) >= 40.0
     files = list((tmp_path / "compile").glob("*.bin"))
     assert len(files) == 1 and files[0].stat().st_size > 0
     again = fresh_editor("fast", freeze=False)  # same model, same settings: the saved artifacts are loaded
-    assert again.speed.cache_loaded and again.speed.cache_file == files[0]
+    assert again.runner.cache_loaded and again.runner.cache_file == files[0]
 
 
 def test_low_memory_equals_default_within_one_tile(reference):
@@ -80,12 +79,12 @@ def test_approx_change_is_bounded_and_marked(reference):
     image, expected = reference
     editor = fresh_editor("approx", interval=2)
     out = editor.edit(image, "make it blue", **EDIT)
-    run = editor.speed.last_run
+    run = editor.runner.last_run
     assert run.calls == 4 and run.full_calls == 2  # half the steps skip the deep UNet
     change = psnr(out.image, expected)
     assert 25.0 <= change < float("inf"), change  # it is approximate, and the change stays small
     assert out.params[0]["mode"] == "approx"
-    assert editor.speed.describe()["approximate"] is True
+    assert editor.runner.describe()["approximate"] is True
 
 
 def test_deepcache_with_interval_one_is_the_stock_forward(tiny_components):
@@ -158,7 +157,7 @@ def test_bad_modes_are_one_line_errors():
 
 def test_editor_load_with_mode(tiny_model_dir):
     editor = Editor.load(tiny_model_dir, device="cpu", mode="low-memory")
-    assert editor.speed.mode == "low-memory" and editor.components.vae.use_tiling
+    assert editor.runner.mode == "low-memory" and editor.components.vae.use_tiling
     out = editor.edit(gradient_image(24, 24), "make it blue", steps=2, seed=0)
     assert out.image.size == (24, 24)
 
@@ -198,4 +197,31 @@ def test_predrawn_euler_ancestral_matches_diffusers(tiny_editor, prediction):
             runs.append(denoise(comps.unet, scheduler, cond, steps=5, text_scale=7.5, image_scale=1.5,
                                 generators=gens))
     assert (runs[0] - runs[1]).abs().max().item() <= 1e-5
-    assert fresh_editor("fast", compile=False).speed.make_scheduler("euler_a", config).__class__ is PredrawnEulerAncestral
+    assert fresh_editor("fast", compile=False).runner.make_scheduler("euler_a", config).__class__ is PredrawnEulerAncestral
+
+
+def test_the_diffusers_internals_fast_relies_on_are_still_there(tiny_components):
+    """PredrawnEulerAncestral and DeepCacheUNet use diffusers' private scheduler state and the UNet's
+    blocks directly; a diffusers upgrade that renames them must fail here, by name, not as wrong pixels."""
+    import inspect
+
+    from diffusers import EulerAncestralDiscreteScheduler
+    from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteSchedulerOutput
+
+    scheduler = EulerAncestralDiscreteScheduler.from_config(tiny_components.scheduler_config)
+    scheduler.set_timesteps(4)
+    for name in ("_step_index", "_init_step_index", "set_begin_index", "step_index", "sigmas", "config"):
+        assert hasattr(scheduler, name), f"EulerAncestralDiscreteScheduler lost {name}"
+    step = inspect.signature(EulerAncestralDiscreteScheduler.step).parameters
+    assert list(step)[:4] == ["self", "model_output", "timestep", "sample"] and "generator" in step
+    assert {"prev_sample", "pred_original_sample"} <= set(EulerAncestralDiscreteSchedulerOutput.__dataclass_fields__)
+
+    unet = tiny_components.unet
+    for name in ("time_embedding", "get_time_embed", "time_embed_act", "conv_in", "down_blocks", "mid_block",
+                 "up_blocks", "conv_norm_out", "conv_act", "conv_out", "num_upsamplers"):
+        assert hasattr(unet, name), f"UNet2DConditionModel lost {name}"
+    for block in unet.down_blocks:
+        assert {"hidden_states", "temb"} <= set(inspect.signature(block.forward).parameters)
+    for block in unet.up_blocks:
+        assert {"hidden_states", "temb", "res_hidden_states_tuple"} <= set(inspect.signature(block.forward).parameters)
+        assert hasattr(block, "resnets")

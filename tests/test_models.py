@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from ip2p.components import save_diffusers
 from ip2p.errors import BadModel, BadOptions, ModelNotFound
-from ip2p.models import load_components, resolve_device, resolve_dtype, save_diffusers
+from ip2p.models import load_components, resolve_device, resolve_dtype
 
 
 def test_folder_round_trip_gives_the_same_edit(tiny_editor, tiny_model_dir, picture):

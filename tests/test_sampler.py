@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import gradient_image
 
 from ip2p.errors import BadOptions, Cancelled
 from ip2p.sampler import guidance_rows, make_scheduler
+from ip2p.tiny import gradient_image
 
 
 def _stock_pipeline(components, scheduler):

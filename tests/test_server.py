@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 
 import httpx
 import numpy as np
 import pytest
-from conftest import gradient_image
 from PIL import Image
 
 from ip2p.images import read_params
 from ip2p.server import BackgroundServer, ServerSettings, create_app
+from ip2p.tiny import gradient_image
 
 FAST = {"steps": "2", "text_cfg": "1", "image_cfg": "1"}
 
@@ -103,15 +109,15 @@ def test_native_json_with_aliases_and_variations(client, photo):
     ({"files": {"image": ("x.png", png_bytes(Image.new("RGB", (8, 8))), "image/png")},
       "data": {"instruction": "x", "steps": "lots"}}, 422, "steps must be an integer"),
     ({"files": {"image": ("x.png", png_bytes(Image.new("RGB", (8, 8))), "image/png")},
-      "data": {"instruction": "x", "image_cfg": "-1"}}, 422, "image_guidance_scale must be between"),
+      "data": {"instruction": "x", "image_cfg": "-1"}}, 422, "image_cfg must be between 0 and 50, got '-1'"),
     ({"files": {"image": ("x.png", png_bytes(Image.new("RGB", (8, 8))), "image/png")},
       "data": {"instruction": "x", "scheduler": "warp"}}, 422, "unknown scheduler 'warp'"),
     ({"files": {"image": ("x.png", png_bytes(Image.new("RGB", (8, 8))), "image/png")},
       "data": {"instruction": "x", "colour": "red"}}, 422, "unknown option 'colour'"),
     ({"files": {"image": ("x.png", png_bytes(Image.new("RGB", (8, 8))), "image/png")},
-      "data": {"instruction": ""}}, 422, "instruction (prompt) is missing"),
+      "data": {"instruction": ""}}, 422, "instruction is empty: say what to change"),
     ({"files": {"image": ("x.png", png_bytes(Image.new("RGB", (8, 8))), "image/png")},
-      "data": {"instruction": "x", "n": "9"}}, 422, "at most 4 on this server"),
+      "data": {"instruction": "x", "n": "9"}}, 422, "n must be between 1 and 4 on this server, got '9'"),
     ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, "not valid JSON"),
     ({"json": {"image": "%%%", "instruction": "x"}}, 400, "not valid base64"),
     ({"content": b"x" * 300_000, "headers": {"content-type": "application/json"}}, 413, "too large"),
@@ -189,3 +195,251 @@ def test_api_key_guards_everything_but_health_including_the_ui(tiny_editor, phot
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
         assert "ip2p_api_key=s3cret" in page.headers["set-cookie"] and "HttpOnly" in page.headers["set-cookie"]
         assert c.get("/v1/models").status_code == 200  # the client now carries the cookie
+
+
+# ------------------------------------------------------------------------------------------------
+# Cancel, time limits, request ids, shutdown, error shape, no paths, /docs offline
+
+SLOW = {"steps": "1000"}  # default guidance: 3 UNet rows a step; far longer than any wait below
+
+
+def edit_files(photo: bytes) -> dict:
+    return {"image": ("p.png", photo, "image/png")}
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def queue_state(c: httpx.Client) -> dict:
+    return c.get("/health").json()["queue"]
+
+
+def assert_error_shape(response, status: int, kind: str, code: str, param: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert "\n" not in response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert (error["type"], error["code"], error["param"]) == (kind, code, param), error
+    return error
+
+
+def background_post(c: httpx.Client, box: dict, key: str, **kwargs) -> threading.Thread:
+    thread = threading.Thread(target=lambda: box.update({key: c.post("/v1/edit", **kwargs)}), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_errors_follow_openai_shape_and_name_the_field_as_sent(client, photo):
+    tiny = {"image": ("x.png", png_bytes(Image.new("RGB", (8, 8))), "image/png")}
+    assert_error_shape(client.post("/v1/edit", files=tiny, data={"instruction": "x", "steps": "lots"}),
+                       422, "invalid_request_error", "bad_options", "steps")
+    error = assert_error_shape(client.post("/v1/edit", files=tiny, data={"instruction": "x", "image_cfg": "-1"}),
+                               422, "invalid_request_error", "bad_options", "image_cfg")
+    assert "image_cfg" in error["message"]
+    assert_error_shape(client.post("/v1/edit", files=tiny, data={"instruction": "x", "colour": "red"}),
+                       422, "invalid_request_error", "bad_options", "colour")
+    assert_error_shape(client.post("/v1/edit", files=tiny, data={"prompt": " "}),
+                       422, "invalid_request_error", "bad_options", "prompt")
+    assert_error_shape(client.post("/v1/edit", data={"instruction": "x"}), 400, "invalid_request_error", "bad_image",
+                       "image")
+    assert_error_shape(client.post("/v1/edit", files={"image": ("x.png", b"hello", "image/png")},
+                                   data={"instruction": "x"}), 400, "invalid_request_error", "bad_image", "image")
+    assert_error_shape(client.post("/v1/images/edits", files=tiny, data={"prompt": "x", "output_format": "gif"}),
+                       422, "invalid_request_error", "bad_options", "output_format")
+    assert_error_shape(client.post("/v1/images/edits", files=tiny, data={"prompt": "x", "model": "dall-e-2"}),
+                       404, "not_found_error", "model_not_found", "model")
+    assert_error_shape(client.post("/v1/images/edits", files={**tiny, "mask": ("m.png", photo, "image/png")},
+                                   data={"prompt": "x"}), 400, "invalid_request_error", "unsupported", "mask")
+    assert_error_shape(client.get("/v1/nothing"), 404, "not_found_error", "unknown_endpoint")
+    assert_error_shape(client.post("/v1/edit", content=b"x" * 300_000, headers={"content-type": "application/json"}),
+                       413, "invalid_request_error", "request_too_large")
+
+
+def test_wrong_method_is_a_json_405_with_allow(client):
+    for response in (client.get("/v1/images/edits"), client.delete("/v1/edit"), client.post("/health")):
+        error = assert_error_shape(response, 405, "invalid_request_error", "method_not_allowed")
+        assert "method not allowed" in error["message"]
+    assert client.get("/v1/images/edits").headers["allow"] == "POST"
+
+
+def test_openapi_lists_error_answers_and_docs_page_needs_no_other_host(client):
+    spec = client.get("/openapi.json").json()
+    for path, codes in {"/v1/edit": {"400", "409", "413", "422", "429", "503", "504"},
+                        "/v1/images/edits": {"400", "404", "409", "413", "422", "429", "503", "504"},
+                        "/v1/cancel/{request_id}": {"404"}}.items():
+        responses = spec["paths"][path]["post"]["responses"]
+        assert codes | {"200"} <= set(responses), (path, sorted(responses))
+        schema = responses["422" if "422" in codes else "404"]["content"]["application/json"]["schema"]
+        assert set(schema["properties"]["error"]["required"]) == {"message", "type", "param", "code"}
+    page = client.get("/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert "/openapi.json" in html
+    assert not re.search(r"(?:https?:)?//", html), "the /docs page names another host"
+    assert all(url.startswith("/") for url in re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", html))
+    assert "url(" not in html and "@import" not in html
+    assert client.get("/redoc").status_code == 404  # ReDoc's page would load its script from a CDN too
+
+
+def test_request_ids_are_returned_and_accepted(client, photo):
+    generated = client.get("/health").headers["x-request-id"]
+    assert re.fullmatch(r"req_[0-9a-f]{24}", generated)
+    assert client.get("/health").headers["x-request-id"] != generated
+    mine = client.post("/v1/edit", files=edit_files(photo), data={"instruction": "x", **FAST},
+                       headers={"X-Request-Id": "client-42"})
+    assert mine.status_code == 200 and mine.headers["x-request-id"] == "client-42"
+    assert client.get("/v1/nothing", headers={"X-Request-Id": "e-1"}).headers["x-request-id"] == "e-1"
+    bad = client.get("/health", headers={"X-Request-Id": "has space"})
+    assert_error_shape(bad, 400, "invalid_request_error", "invalid_request_id", "X-Request-Id")
+
+
+def test_cancel_by_id_running_and_waiting(tiny_editor, photo):
+    settings = ServerSettings(ui=False, default_resolution=64)
+    with BackgroundServer(create_app(tiny_editor, settings)) as running, \
+            httpx.Client(base_url=running.url, timeout=300) as c:
+        box: dict = {}
+        first = background_post(c, box, "a", files=edit_files(photo), data={"instruction": "x", **SLOW},
+                                headers={"X-Request-Id": "edit-a"})
+        wait_for(lambda: queue_state(c)["running"] == 1, what="edit-a to start")
+        second = background_post(c, box, "b", files=edit_files(photo), data={"instruction": "x", **SLOW},
+                                 headers={"X-Request-Id": "edit-b"})
+        wait_for(lambda: queue_state(c)["waiting"] == 1, what="edit-b to wait")
+        assert_error_shape(c.post("/v1/edit", files=edit_files(photo), data={"instruction": "x", **FAST},
+                                  headers={"X-Request-Id": "edit-a"}),
+                           409, "invalid_request_error", "request_id_in_use", "X-Request-Id")
+
+        answer = c.post("/v1/cancel/edit-b")
+        assert answer.status_code == 200 and answer.json() == {"id": "edit-b", "object": "edit.cancellation",
+                                                                "cancelled": True, "state": "waiting"}
+        second.join(timeout=30)
+        error = assert_error_shape(box["b"], 409, "cancelled", "cancelled")
+        assert "edit-b" in error["message"] and box["b"].headers["x-request-id"] == "edit-b"
+        assert queue_state(c)["running"] == 1  # edit-a goes on
+
+        started = time.monotonic()
+        assert c.post("/v1/cancel/edit-a").json()["state"] == "running"
+        first.join(timeout=30)
+        assert_error_shape(box["a"], 409, "cancelled", "cancelled")
+        wait_for(lambda: queue_state(c)["running"] == 0, timeout=10, what="the worker to stop")
+        assert time.monotonic() - started < 10
+        state = queue_state(c)
+        assert (state["running"], state["waiting"], state["cancelled"]) == (0, 0, 2)
+
+        assert_error_shape(c.post("/v1/cancel/edit-a"), 404, "not_found_error", "unknown_request", "request_id")
+        quick = c.post("/v1/edit", files=edit_files(photo), data={"instruction": "x", **FAST})
+        assert quick.status_code == 200  # nothing left running behind
+
+
+def _raw_request(url: str, request: httpx.Request) -> socket.socket:
+    """Send ``request`` on a bare socket, the way curl does, and return the socket unread."""
+    host, port = url.removeprefix("http://").split(":")
+    body = request.read()
+    head = [f"{request.method} {request.url.raw_path.decode()} HTTP/1.1", f"Host: {host}:{port}"]
+    head += [f"{k}: {v}" for k, v in request.headers.items() if k.lower() != "host"]
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+    return sock
+
+
+def test_client_disconnect_stops_the_edit(tiny_editor, photo):
+    settings = ServerSettings(ui=False, default_resolution=64)
+    with BackgroundServer(create_app(tiny_editor, settings)) as running, \
+            httpx.Client(base_url=running.url, timeout=300) as c:
+        request = c.build_request("POST", "/v1/edit", files=edit_files(photo), data={"instruction": "x", **SLOW})
+        sock = _raw_request(running.url, request)
+        wait_for(lambda: queue_state(c)["running"] == 1, what="the edit to start")
+        sock.close()  # a killed curl: the kernel closes its connection
+        started = time.monotonic()
+        wait_for(lambda: queue_state(c)["running"] == 0, timeout=10, what="the abandoned edit to stop")
+        assert time.monotonic() - started < 10
+        assert queue_state(c)["disconnected"] == 1
+        quick = c.post("/v1/edit", files=edit_files(photo), data={"instruction": "x", **FAST}, timeout=60)
+        assert quick.status_code == 200
+
+
+def test_time_limit_answers_504_and_stops_the_edit(tiny_editor, photo):
+    settings = ServerSettings(ui=False, default_resolution=64, time_limit=1.0)
+    with BackgroundServer(create_app(tiny_editor, settings)) as running, \
+            httpx.Client(base_url=running.url, timeout=300) as c:
+        started = time.monotonic()
+        response = c.post("/v1/edit", files=edit_files(photo), data={"instruction": "x", **SLOW})
+        assert time.monotonic() - started < 10
+        error = assert_error_shape(response, 504, "timeout", "timeout")
+        assert "time limit of 1 s" in error["message"]
+        wait_for(lambda: queue_state(c)["running"] == 0, timeout=10, what="the timed-out edit to stop")
+        assert queue_state(c)["timed_out"] == 1
+        assert c.post("/v1/edit", files=edit_files(photo), data={"instruction": "x", **FAST}).status_code == 200
+
+
+def test_clients_see_the_model_name_never_its_path(tiny_components, photo, tmp_path):
+    import dataclasses
+
+    from ip2p.editor import Editor
+
+    folder = tmp_path / "private-store" / "my-model"
+    folder.mkdir(parents=True)
+    editor = Editor(dataclasses.replace(tiny_components, name=str(folder), source=str(folder)))
+    settings = ServerSettings(ui=False, default_resolution=64)
+    with BackgroundServer(create_app(editor, settings)) as running, \
+            httpx.Client(base_url=running.url, timeout=120) as c:
+        seen = []
+        models = c.get("/v1/models")
+        assert models.json()["data"][0]["id"] == "my-model"
+        health = c.get("/health")
+        assert health.json()["model"] == "my-model"
+        edit = c.post("/v1/edit", files=edit_files(photo), data={"instruction": "x", **FAST})
+        assert edit.json()["model"] == "my-model" and edit.json()["images"][0]["params"]["model"] == "my-model"
+        png = base64.b64decode(edit.json()["images"][0]["b64_json"])
+        assert read_params(png)["model"] == "my-model"
+        openai = c.post("/v1/images/edits", files=edit_files(photo), data={"prompt": "x", "model": "my-model", **FAST})
+        assert openai.status_code == 200, openai.text
+        wrong = c.post("/v1/images/edits", files=edit_files(photo), data={"prompt": "x", "model": "other"})
+        assert "'my-model'" in wrong.json()["error"]["message"]
+        seen += [models.text, health.text, edit.text, png.decode("latin-1"), openai.text, wrong.text,
+                 c.get("/openapi.json").text, c.get("/docs").text]
+        assert not any(str(tmp_path) in text or "private-store" in text for text in seen)
+
+
+def test_sigterm_during_an_edit_exits_promptly_with_one_line(tiny_model_dir, photo, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "ip2p", "serve", "--model", str(tiny_model_dir), "--no-ui",
+                                 "--port", str(port), "--resolution", "64", "--shutdown-grace", "0.5"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=err)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=300) as c:
+            def up() -> bool:
+                assert proc.poll() is None, log.read_text()
+                try:
+                    return c.get("/health").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_for(up, timeout=600, what="ip2p serve to start")
+            box: dict = {}
+            edit = background_post(c, box, "r", files=edit_files(photo), data={"instruction": "x", **SLOW})
+            wait_for(lambda: queue_state(c)["running"] == 1, what="the edit to start")
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=60)
+            took = time.monotonic() - signalled
+            edit.join(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = [line for line in log.read_text().splitlines() if "SIGTERM" in line]
+    # ~1 s on an idle machine (0.5 s grace, then a step); generous for a starved CPU. Before issue 17 the
+    # server kept running the edit (and uvicorn waited for it) instead of exiting.
+    assert code == 0 and took < 20, (code, took, log.read_text())
+    assert len(lines) == 1 and "cancelled 1 running" in lines[0] and "worker pool closed" in lines[0], lines
+    assert_error_shape(box["r"], 503, "server_error", "shutting_down")

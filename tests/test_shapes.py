@@ -208,7 +208,7 @@ def test_counting_scores_count_blobs():
 
 def test_no_torch_import():
     code = (
-        "import sys, ip2p.shapes, ip2p.shapes.bench, ip2p.shapes.dataset, ip2p.shapes.commands, ip2p.shapes.score;"
+        "import sys, ip2p.shapes, ip2p.shapes.bench, ip2p.shapes.dataset, ip2p.cli.shapes, ip2p.shapes.score;"
         "ip2p.shapes.make_example(0, 64); assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -75,10 +75,10 @@ def test_options_callback_and_cancel():
 
 @pytest.mark.slow
 def test_end_to_end_with_tiny_random_model(tmp_path):
-    editor_mod = pytest.importorskip("ip2p.editor")
+    from ip2p.editor import Editor
     from ip2p.tiny import build_tiny_components
 
-    editor = editor_mod.Editor(build_tiny_components())
+    editor = Editor(build_tiny_components())
     report = run_benchmark(editor, n=4, size=64, out_dir=tmp_path, edit_options={"steps": 2}, grid_examples=4)
     for name in ("report.md", "report.json", "grid.png"):
         assert (tmp_path / name).stat().st_size > 0
@@ -91,7 +91,7 @@ def test_cli_bench_threads(tmp_path, capsys):
     import torch
 
     from ip2p.cli import main
-    from ip2p.models import save_diffusers
+    from ip2p.components import save_diffusers
     from ip2p.tiny import build_tiny_components
 
     model = save_diffusers(build_tiny_components(), tmp_path / "tiny")

@@ -85,7 +85,7 @@ def write_parquet(folder: Path, count: int = 4, size: int = 16, columns=("input_
 
 @pytest.fixture(scope="module")
 def t2i_dir(tmp_path_factory):
-    from ip2p.models import save_diffusers
+    from ip2p.components import save_diffusers
     from ip2p.tiny import build_tiny_components
 
     return save_diffusers(build_tiny_components(seed=3, in_channels=4), tmp_path_factory.mktemp("t2i") / "m")

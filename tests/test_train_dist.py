@@ -25,7 +25,7 @@ WORKER = textwrap.dedent('''
     result = trainer.run(export=False)
     acc = trainer.accelerator
     assert acc.num_processes == 2, acc.num_processes
-    weights = {k: v.contiguous() for k, v in trainable_state(trainer.denoiser).items()}
+    weights = {k: v.contiguous() for k, v in trainable_state(trainer.state.denoiser).items()}
     save_file(weights, f"{cfg.run.output_dir}/rank-{acc.process_index}.safetensors")
     # One line per rank, written whole (print() from two processes may interleave).
     os.write(1, f"rank {acc.process_index} steps {result.steps} loss {result.losses[-1]}\\n".encode())
@@ -36,7 +36,7 @@ def test_two_processes_hold_identical_weights(tmp_path):
     import yaml
     from safetensors.torch import load_file
 
-    from ip2p.models import save_diffusers
+    from ip2p.components import save_diffusers
     from ip2p.tiny import build_tiny_components
 
     base = save_diffusers(build_tiny_components(seed=2, in_channels=4), tmp_path / "base")

@@ -2,8 +2,7 @@
 
 from .errors import BadImage, BadModel, BadOptions, ImageTooLarge, Ip2pError, ModelNotFound, OutOfMemory
 from .options import EditOptions
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "BadImage",

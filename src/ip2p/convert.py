@@ -34,8 +34,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BadModel, BadOptions
-from .models import Components
+from .components import Components
+from .errors import BadModel, BadOptions, first_line
+from .files import atomic_path
 
 if TYPE_CHECKING:
     import torch
@@ -89,6 +90,9 @@ def real_clip_tokenizer(max_length: int = 77):
 def _tokenizer_spec(tokenizer) -> dict | None:
     """vocab/merges of a non-standard tokenizer, to embed in a single file (None for real CLIP)."""
     model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    if model.get("type") != "BPE" or "merges" not in model:
+        raise BadModel(f"a single file can carry only a CLIP (BPE) tokenizer, not {type(tokenizer).__name__} "
+                       f"({model.get('type')}); save this model as a diffusers folder instead")
     if len(model["vocab"]) == CLIP_VOCAB_SIZE and model["vocab"] == _clip_vocab_and_merges()[0]:
         return None
     merges = [m.split(" ") if isinstance(m, str) else list(m) for m in model["merges"]]
@@ -201,8 +205,7 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise BadModel(f"{path}: unreadable .safetensors file ({reason})") from None
+        raise BadModel(f"{path}: unreadable .safetensors file ({first_line(exc, 120)})") from None
     return tensors, _parse_meta(metadata.get(META_KEY), path)
 
 
@@ -443,8 +446,7 @@ def _build(factory, state, where: str, part: str):
             state = state(set(module.state_dict()))
         missing, unexpected = module.load_state_dict(_as_float32(state), strict=False, assign=True)
     except (RuntimeError, ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise BadModel(f"{where}: the {part} weights do not fit the inferred architecture ({first})") from None
+        raise BadModel(f"{where}: the {part} weights do not fit the inferred architecture ({first_line(exc, 200)})") from None
     if missing or unexpected:
         detail = f"missing {sorted(missing)[:2]}" if missing else f"unexpected {sorted(unexpected)[:2]}"
         raise BadModel(f"{where}: the {part} weights do not fit the inferred architecture ({detail})")
@@ -483,7 +485,7 @@ def _resolve_tokenizer(tokenizer, meta: dict, vocab: int, positions: int, where:
         try:
             tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer))
         except (OSError, ValueError, TypeError) as exc:
-            raise BadModel(f"{tokenizer}: not a CLIP tokenizer folder ({str(exc).splitlines()[0][:120]})") from None
+            raise BadModel(f"{tokenizer}: not a CLIP tokenizer folder ({first_line(exc, 120)})") from None
     if tokenizer is None and meta.get("tokenizer"):
         try:
             tokenizer = _tokenizer_from_spec(meta["tokenizer"])
@@ -511,7 +513,7 @@ def load_single_file(path: str | Path, *, tokenizer=None, hints: dict | None = N
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .tiny import SD15_SCHEDULER_CONFIG
+    from .components import SD15_SCHEDULER_CONFIG
 
     path = Path(path)
     where = str(path)
@@ -672,78 +674,11 @@ def save_single_file(components: Components, path: str | Path, *, embed_tokenize
     state = {k: v.detach().cpu().contiguous() for k, v in to_ldm_state_dict(components).items()}
     meta = _embedded_meta(components, embed_tokenizer)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         if suffix == ".safetensors":
             from safetensors.torch import save_file
 
             save_file(state, str(tmp), metadata={"format": "pt", META_KEY: meta})
         else:
             torch.save({"state_dict": state, META_KEY: meta}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
-
-
-# --------------------------------------------------------------------------------------------
-# `ip2p convert`
-
-
-def convert(source: str | Path, target: str | Path, *, tokenizer=None, hints: dict | None = None) -> Path:
-    """Re-write a model: a single file or any model reference, to a single file or a diffusers folder.
-
-    ``target`` ending in .safetensors/.ckpt is written as one LDM-layout file, anything else as a
-    stock diffusers folder. Weights are copied exactly (float32).
-    """
-    from .models import SINGLE_FILE_SUFFIXES, load_components, save_diffusers
-
-    source_path, target = Path(source).expanduser(), Path(target).expanduser()
-    if source_path.is_file() and source_path.suffix.lower() in SINGLE_FILE_SUFFIXES:
-        components = load_single_file(source_path, tokenizer=tokenizer, hints=hints)
-    elif tokenizer is not None or hints:
-        raise BadOptions("--tokenizer and --hint apply only when converting from a single file")
-    else:
-        components = load_components(str(source), device="cpu", dtype="fp32")
-    if target.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".pth"):
-        return save_single_file(components, target)
-    occupied = any(target.iterdir()) if target.is_dir() else target.exists()
-    if occupied:
-        raise BadOptions(f"{target}: already exists and is not an empty folder")
-    return save_diffusers(components, target)
-
-
-def _parse_hint(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise BadOptions(f"--hint {text!r}: expected KEY=VALUE, e.g. attention_head_dim=8")
-    try:
-        return key.strip(), json.loads(value)
-    except ValueError:
-        return key.strip(), value
-
-
-def run_convert(args) -> int:
-    hints = dict(_parse_hint(h) for h in args.hint or ())
-    if args.no_ema:
-        hints["ema"] = False
-    print(convert(args.source, args.target, tokenizer=args.tokenizer, hints=hints or None))
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser(
-        "convert", help="convert between original single-file checkpoints and diffusers folders",
-        description="Convert SOURCE (an original .ckpt/.safetensors InstructPix2Pix checkpoint, a diffusers "
-                    "folder, a cached hub id or a bundled name) to TARGET: a .safetensors/.ckpt single file "
-                    "in the original LDM layout, or otherwise a diffusers folder. Pickle .ckpt files that "
-                    "would run code are refused.",
-    )
-    p.add_argument("source", metavar="SOURCE")
-    p.add_argument("target", metavar="TARGET")
-    p.add_argument("--tokenizer", metavar="DIR", help="CLIP tokenizer folder, for a text encoder with a "
-                                                       "non-standard vocabulary")
-    p.add_argument("--hint", action="append", metavar="KEY=VALUE",
-                   help=f"architecture numbers the weights cannot tell ({', '.join(DEFAULT_HINTS)})")
-    p.add_argument("--no-ema", action="store_true", help="use the trained weights even when EMA weights exist")
-    p.set_defaults(func=run_convert)

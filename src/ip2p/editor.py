@@ -20,11 +20,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import __version__
+from .components import Components
 from .errors import BadOptions, Ip2pError, OutOfMemory
-from .models import Components, load_components
-from .options import EditOptions
-from .sampler import Conditioning, denoise, make_scheduler
+from .models import load_components
+from .options import REPLAYED, EditOptions, check_instruction
+from .sampler import Conditioning, Runner, denoise
+from .version import __version__
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -54,23 +55,24 @@ class Editor:
     time; batching, not threads, is how to go faster).
     """
 
-    def __init__(self, components: Components, *, text_cache_size: int = 32):
+    def __init__(self, components: Components, *, runner: Runner | None = None, text_cache_size: int = 32):
         self.components = components
+        #: what an edit calls (UNet, decoder, schedulers): the default mode's, or a speed mode's
+        self.runner = runner or Runner.default(components)
         self._lock = threading.RLock()
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._text_cache_size = text_cache_size
         self.stats = {"text_encodes": 0, "image_encodes": 0, "unet_batches": 0}
-        self.speed = None  # set by ip2p.fast.optimize: which UNet / decoder the edit calls
 
     @classmethod
     def load(cls, model=None, device="auto", dtype="auto", mode: str = "default") -> Editor:
         """Load ``model``; ``mode`` is default, fast, low-memory or approx (see :mod:`ip2p.fast`)."""
-        from .fast import check_mode, optimize
+        from .fast import check_mode, make_runner
 
         mode = check_mode(mode)
-        _quiet_libraries()
-        editor = cls(load_components(model, device=device, dtype=dtype))
-        return optimize(editor, mode) if mode != "default" else editor
+        quiet_libraries()
+        components = load_components(model, device=device, dtype=dtype)
+        return cls(components, runner=make_runner(components, mode))
 
     # ---------------------------------------------------------------------------------------
     @property
@@ -110,10 +112,11 @@ class Editor:
             if hit is not None:
                 self._text_cache.move_to_end(text)
                 return hit
-            tok = self.components.tokenizer
-            ids = tok([text], padding="max_length", max_length=tok.model_max_length, truncation=True,
+            tok, encoder = self.components.tokenizer, self.components.text_encoder
+            # diffusers pads to model_max_length; a tokenizer saved without one reports ~1e30
+            length = min(tok.model_max_length, encoder.config.max_position_embeddings)
+            ids = tok([text], padding="max_length", max_length=length, truncation=True,
                       return_tensors="pt").input_ids.to(self.device)
-            encoder = self.components.text_encoder
             mask = None
             if getattr(encoder.config, "use_attention_mask", False):
                 mask = (ids != tok.pad_token_id).long()
@@ -136,45 +139,27 @@ class Editor:
     @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor) -> list[Image.Image]:
         vae = self.components.vae
-        decode = self.speed.decode if self.speed is not None and self.speed.decode is not None else vae.decode
+        decode = self.runner.decode
         pixels = decode(latents / vae.config.scaling_factor, return_dict=False)[0]
-        if self.speed is not None:
-            self.speed.after_edit(tuple(latents.shape))
+        self.runner.after_edit(tuple(latents.shape))
         pixels = (pixels.float() / 2 + 0.5).clamp(0, 1)
         array = (pixels.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()
         return [Image.fromarray(a) for a in array]
 
     # ---------------------------------------------------------------------------------------
-    def edit(
-        self,
-        image,
-        instruction: str,
-        *,
-        steps: int | None = None,
-        guidance_scale: float | None = None,
-        image_guidance_scale: float | None = None,
-        seed: int | None = None,
-        scheduler: str | None = None,
-        negative_prompt: str = "",
-        num_images: int = 1,
-        resolution: int | None = None,
-        align: int = 8,
-        keep_working_size: bool = False,
-        callback: ProgressCallback | None = None,
-        batch_size: int = 4,
-    ) -> EditResult:
+    def edit(self, image, instruction: str, *, callback: ProgressCallback | None = None, batch_size: int = 4,
+             **options: Any) -> EditResult:
         """Edit one image (PIL, path, bytes or array) or a list of them with one instruction.
 
-        Returns every output image with its parameters; output ``i`` used seed ``seed + i``.
-        Steps, scales and scheduler left None take the model's recommendation (:attr:`recommended`).
+        ``options`` are :data:`ip2p.options.OPTIONS` by name or alias (``steps``, ``guidance_scale``,
+        ``image_guidance_scale``, ``seed``, ``scheduler``, ``negative_prompt``, ``num_images``,
+        ``resolution``, ``align``, ``keep_working_size``). Returns every output image with its
+        parameters; output ``i`` used seed ``seed + i``. Steps, scales and scheduler left out take the
+        model's recommendation (:attr:`recommended`).
         """
-        options = EditOptions(
-            steps=steps, guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale,
-            seed=seed, scheduler=scheduler, negative_prompt=negative_prompt, num_images=num_images,
-            resolution=resolution, align=align, keep_working_size=keep_working_size,
-        )
         images = list(image) if isinstance(image, list | tuple) else [image]
-        return self.edit_with(images, instruction, options, callback=callback, batch_size=batch_size)
+        return self.edit_with(images, instruction, EditOptions.from_mapping(options), callback=callback,
+                              batch_size=batch_size)
 
     def edit_with(
         self,
@@ -194,8 +179,7 @@ class Editor:
         """
         from .images import load_image, restore_size, to_working
 
-        if not isinstance(instruction, str):
-            raise BadOptions("instruction must be a string")
+        check_instruction(instruction)
         if not images:
             raise BadOptions("no image given")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -259,11 +243,9 @@ class Editor:
     @torch.inference_mode()
     def _sample(self, cond: Conditioning, opts: EditOptions, generators, on_step) -> torch.Tensor:
         self.stats["unet_batches"] += 1
-        unet = self.components.unet if self.speed is None else self.speed.unet_for_edit()
-        schedulers = make_scheduler if self.speed is None else self.speed.make_scheduler
         return denoise(
-            unet,
-            schedulers(opts.scheduler, self.components.scheduler_config),
+            self.runner.unet_for_edit(),
+            self.runner.make_scheduler(opts.scheduler, self.components.scheduler_config),
             cond,
             steps=opts.steps,
             text_scale=opts.guidance_scale,
@@ -288,34 +270,27 @@ class Editor:
             ) from None
 
     def _params(self, instruction, opts: EditOptions, seed, source, picture, working, name) -> dict[str, Any]:
-        params = {
-            "instruction": instruction,
-            "negative_prompt": opts.negative_prompt,
-            "steps": opts.steps,
-            "guidance_scale": opts.guidance_scale,
-            "image_guidance_scale": opts.image_guidance_scale,
-            "seed": seed,
-            "scheduler": opts.scheduler,
+        """What an output records: every replayed option (:data:`~ip2p.options.REPLAYED`), then sizes,
+        model and provenance of the input."""
+        params = {"instruction": instruction, **{key: getattr(opts, key) for key in REPLAYED}, "seed": seed}
+        params.update({
             "width": picture.size[0],
             "height": picture.size[1],
             "working_width": working.size[0],
             "working_height": working.size[1],
-            "resolution": opts.resolution,
-            "align": opts.align,
-            "keep_working_size": opts.keep_working_size,
             "model": self.model_name,
             "dtype": str(self.dtype).removeprefix("torch."),
             "input_sha256": pixel_digest(source),
             "ip2p_version": __version__,
-        }
+        })
         if name:
             params["input"] = name
-        if self.speed is not None and self.speed.mode != "default":
-            params["mode"] = self.speed.mode  # "approx" output differs from the default mode's
+        if self.runner.mode != "default":
+            params["mode"] = self.runner.mode  # "approx" output differs from the default mode's
         return params
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Library progress bars and info logs are noise on a user's terminal; errors still show."""
     try:
         import diffusers

@@ -6,9 +6,17 @@ Surfaces map these to a one-line message: the CLI to exit code 2, the HTTP serve
 
 
 class Ip2pError(Exception):
-    """Base class: the message is one line a user can act on."""
+    """Base class: the message is one line a user can act on.
+
+    ``param`` names the option at fault as the user spelled it (a CLI flag, a request field, a UI
+    label), when one is; the server returns it as OpenAI's ``param``.
+    """
 
     http_status = 400
+
+    def __init__(self, message: str = "", *, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class BadOptions(Ip2pError):
@@ -55,3 +63,12 @@ class Cancelled(Ip2pError):
     """The caller cancelled the edit through its callback."""
 
     http_status = 499
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of ``exc``'s message (its type name when the message is empty), cut
+    to ``limit`` characters: what a one-line error message quotes of a library's exception."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(exc).__name__[:limit]

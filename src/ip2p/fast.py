@@ -1,6 +1,8 @@
 """Optional speed and memory modes for an :class:`~ip2p.editor.Editor`.
 
-``optimize(editor, mode)`` (or ``Editor.load(..., mode=...)``) switches one editor into a mode:
+A mode is a :class:`~ip2p.sampler.Runner`: ``make_runner(components, mode)`` builds one, and
+``Editor.load(..., mode=...)`` or ``optimize(editor, mode)`` (a new editor over the same model) uses it.
+The editor never looks inside a runner; the denoising loop stays one pure function.
 
 ``default``
     Nothing changes: the plain diffusers modules, eager PyTorch.
@@ -32,11 +34,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,8 +44,10 @@ from typing import Any
 import torch
 
 from .errors import BadModel, BadOptions
+from .files import write_atomic
+from .options import MODES
+from .sampler import Runner
 
-MODES = ("default", "fast", "low-memory", "approx")
 #: Modes whose output must equal the default mode's (to float rounding; see tests/test_fast.py).
 EXACT_MODES = ("default", "fast", "low-memory")
 #: Low-memory VAE tiles: at least this many pixels a side (SD-1.5's VAE is tiled at 512).
@@ -68,16 +70,12 @@ def cache_dir() -> Path:
 
 
 @dataclass
-class Speed:
-    """What a mode changed on one editor; the editor asks it for the UNet and the decoder to call."""
+class Speed(Runner):
+    """A speed or memory mode's runner: the UNet, decoder and schedulers its edits call."""
 
-    mode: str
-    unet: Any
-    decode: Any = None
     compiled: bool = False
     interval: int = 1
     cache_file: Path | None = None
-    notes: list[str] = field(default_factory=list)
     shapes_seen: set = field(default_factory=set)
     cache_loaded: bool = False
     last_run: Any = None  # the approx mode's DeepCacheUNet of the latest edit (its call counts)
@@ -96,12 +94,12 @@ class Speed:
     def make_scheduler(self, name: str, config: dict):
         """The scheduler for one edit: in fast mode Euler ancestral draws its noise before the loop."""
         from .options import normalise_scheduler
-        from .sampler import check_scheduler, make_scheduler
+        from .sampler import check_scheduler
 
-        check_scheduler(name, config)
         if self.mode == "fast" and normalise_scheduler(name) == "euler_a":
+            check_scheduler(name, config)
             return PredrawnEulerAncestral.from_config({k: v for k, v in config.items() if not k.startswith("_")})
-        return make_scheduler(name, config)
+        return super().make_scheduler(name, config)
 
     def after_edit(self, shape: tuple) -> None:
         """After the first edit of a new shape, persist what the compiler produced."""
@@ -112,48 +110,55 @@ class Speed:
             save_compile_cache(self.cache_file)
 
     def describe(self) -> dict[str, Any]:
-        return {"mode": self.mode, "approximate": self.approximate, "compiled": self.compiled,
+        return {**super().describe(), "compiled": self.compiled,
                 "deepcache_interval": self.interval if self.mode == "approx" else None,
-                "compile_cache": str(self.cache_file) if self.cache_file else None, "notes": list(self.notes)}
+                "compile_cache": str(self.cache_file) if self.cache_file else None}
 
 
 # ------------------------------------------------------------------------------------------------
-# entry point
+# entry points
 
 
-def optimize(editor, mode: str = "default", *, compile: bool | None = None, interval: int = 3,
-             use_cache: bool = True, freeze: bool | None = None):
-    """Put ``editor`` into ``mode`` (see the module docstring) and return it.
+def make_runner(components, mode: str = "default", *, compile: bool | None = None, interval: int = 3,
+                use_cache: bool = True, freeze: bool | None = None) -> Runner:
+    """The runner for ``mode`` (see the module docstring) over ``components``.
 
-    A mode is set once per editor: the layout changes are made in place on its modules. ``compile``
-    (fast mode only) defaults to True; ``freeze`` (fast mode on CPU, default True) compiles with
-    inductor's weight freezing, which torch cannot cache on disk: pass False to trade ~10 % speed
-    for the compile cache. ``interval`` is the approx mode's full-step interval.
+    The layout changes of a mode are made in place on the modules, so one set of components takes
+    one mode. ``compile`` (fast mode only) defaults to True; ``freeze`` (fast mode on CPU, default
+    True) compiles with inductor's weight freezing, which torch cannot cache on disk: pass False to
+    trade ~10 % speed for the compile cache. ``interval`` is the approx mode's full-step interval.
     """
     mode = check_mode(mode)
-    if getattr(editor, "speed", None) is not None and editor.speed.mode != "default":
-        raise BadOptions(f"this editor is already in mode {editor.speed.mode!r}; load a new one for another mode")
+    taken = components.extra.get("mode", "default")
+    if taken != "default" and mode != "default":
+        raise BadOptions(f"this model is already in mode {taken!r}; load it again for another mode")
     if not isinstance(interval, int) or isinstance(interval, bool) or not 1 <= interval <= 10:
         raise BadOptions(f"interval must be an integer from 1 to 10, got {interval!r}")
     if (compile is not None or freeze is not None) and mode != "fast":
         raise BadOptions("compile= and freeze= apply to mode 'fast' only")
-    c = editor.components
-    speed = Speed(mode=mode, unet=c.unet)
+    if mode == "default":
+        return Runner.default(components)
+    speed = Speed(mode=mode, unet=components.unet, decode=components.vae.decode)
     if mode == "fast":
-        _fast(editor, speed, compile=True if compile is None else bool(compile), use_cache=use_cache,
-              freeze=editor.device.type == "cpu" if freeze is None else bool(freeze))
+        _fast(components, speed, compile=True if compile is None else bool(compile), use_cache=use_cache,
+              freeze=components.device.type == "cpu" if freeze is None else bool(freeze))
     elif mode == "low-memory":
-        _low_memory(editor, speed)
+        _low_memory(components, speed)
     elif mode == "approx":
-        check_deepcache_support(c.unet)
+        check_deepcache_support(components.unet)
         speed.interval = interval
         speed.notes.append(f"approximate: DeepCache feature reuse, full UNet every {interval} steps")
-    editor.speed = speed
-    return editor
+    components.extra["mode"] = mode
+    return speed
 
 
-def _fast(editor, speed: Speed, *, compile: bool, use_cache: bool, freeze: bool) -> None:
-    c = editor.components
+def optimize(editor, mode: str = "default", **kwargs):
+    """A new :class:`~ip2p.editor.Editor` over ``editor``'s model in ``mode``; see :func:`make_runner`."""
+    return type(editor)(editor.components, runner=make_runner(editor.components, mode, **kwargs))
+
+
+def _fast(components, speed: Speed, *, compile: bool, use_cache: bool, freeze: bool) -> None:
+    c = components
     for module in (c.unet, c.vae):
         module.to(memory_format=torch.channels_last)
         if hasattr(module, "fuse_qkv_projections"):
@@ -161,12 +166,12 @@ def _fast(editor, speed: Speed, *, compile: bool, use_cache: bool, freeze: bool)
     speed.notes.append("channels_last, fused QKV projections")
     if not compile:
         return
-    cuda = editor.device.type == "cuda"
+    cuda = c.device.type == "cuda"
     kwargs: dict[str, Any] = {"fullgraph": True, "dynamic": False}
     if cuda:
         kwargs["mode"] = "reduce-overhead"
     if use_cache and not freeze:  # torch keeps frozen graphs out of its caches
-        speed.cache_file = cache_dir() / f"{model_key(editor, kwargs.get('mode', 'default'))}.bin"
+        speed.cache_file = cache_dir() / f"{model_key(c, kwargs.get('mode', 'default'))}.bin"
         speed.cache_loaded = load_compile_cache(speed.cache_file)
     speed.unet = _Compiled(torch.compile(c.unet, **kwargs), c.unet.dtype, cuda, freeze)
     speed.decode = _Compiled(torch.compile(c.vae.decode, **kwargs), c.unet.dtype, cuda, freeze)
@@ -206,10 +211,10 @@ class _Compiled:
         return out.clone()
 
 
-def _low_memory(editor, speed: Speed) -> None:
-    c = editor.components
+def _low_memory(components, speed: Speed) -> None:
+    c = components
     vae = c.vae
-    factor = editor.vae_scale_factor
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
     tile = max(int(vae.config.sample_size), MIN_TILE)
     tile = (tile // factor) * factor
     vae.enable_tiling()
@@ -217,10 +222,10 @@ def _low_memory(editor, speed: Speed) -> None:
     vae.tile_sample_min_size = tile
     vae.tile_latent_min_size = tile // factor
     speed.notes.append(f"VAE tiles of {tile}x{tile} px (blended seams above one tile), one image at a time")
-    if editor.device.type == "cuda":
+    if c.device.type == "cuda":
         from accelerate import cpu_offload_with_hook
 
-        device = editor.device
+        device = c.device
         hook = None
         for module in (c.text_encoder, c.unet, vae):  # the order an edit uses them
             _, hook = cpu_offload_with_hook(module, device, prev_module_hook=hook)
@@ -231,13 +236,13 @@ def _low_memory(editor, speed: Speed) -> None:
 # the compile cache
 
 
-def model_key(editor, compile_mode: str) -> str:
+def model_key(components, compile_mode: str) -> str:
     """A file name that changes whenever the compiled code could: model shapes, dtype, device, versions."""
-    c = editor.components
+    c = components
     parts = {
         "torch": torch.__version__,
-        "device": torch.cuda.get_device_name(editor.device) if editor.device.type == "cuda" else "cpu",
-        "dtype": str(editor.dtype),
+        "device": torch.cuda.get_device_name(c.device) if c.device.type == "cuda" else "cpu",
+        "dtype": str(c.dtype),
         "compile_mode": compile_mode,
         "unet": dict(c.unet.config),
         "vae": dict(c.vae.config),
@@ -263,15 +268,9 @@ def save_compile_cache(path: Path) -> bool:
     if not saved:
         return False
     data = saved[0]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_atomic(path, data, parents=True)
     except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         return False
     return True
 

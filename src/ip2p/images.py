@@ -20,7 +20,6 @@ import math
 import operator
 import os
 import re
-import secrets
 import struct
 import warnings
 from collections.abc import Iterator, Mapping
@@ -32,7 +31,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from .errors import BadImage, BadOptions, ImageTooLarge
-from .options import normalise_scheduler
+from .files import write_atomic
+from .options import OPTIONS, normalise_scheduler
 
 #: Default refusal threshold for input images, in pixels (checked from the header, before decoding).
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -288,13 +288,8 @@ def restore_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 
 # (params key, A1111 label, type) in the order A1111 writes them; "Size" goes after Seed.
-_KNOWN = (
-    ("steps", "Steps", int),
-    ("scheduler", "Sampler", str),
-    ("guidance_scale", "CFG scale", float),
-    ("image_guidance_scale", "Image CFG scale", float),
-    ("seed", "Seed", int),
-)
+#: (key, A1111 label, type) of the options the settings line names, from the option schema.
+_KNOWN = tuple((o.name, o.metadata, o.kind) for o in OPTIONS if o.metadata)
 _LABEL_KEYS = {label: key for key, label, _ in _KNOWN} | {"Model": "model"}
 _RESERVED_LABELS = set(_LABEL_KEYS) | {"Size", "Negative prompt"}
 _GENERIC_KEY = re.compile(r"[a-z][a-z0-9_]*")
@@ -536,23 +531,10 @@ def save_image(image: Image.Image, path: str | os.PathLike, params: Mapping[str,
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    created = False
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        created = True
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-        created = False
+        write_atomic(path, data)
     except OSError as exc:
         raise BadOptions(f"cannot write {path}: {exc.strerror or _one_line(exc)}") from None
-    finally:
-        if created:
-            with contextlib.suppress(OSError):
-                temp.unlink()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,14 +14,20 @@ Everything ends up as :class:`Components` on one device and dtype. The sampler n
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BadModel, BadOptions, ModelNotFound
+from .components import (
+    COMPONENT_NAMES,
+    RECOMMENDED_FILE,
+    SD15_SCHEDULER_CONFIG,
+    Components,
+    quiet_transformers_bars,
+    save_diffusers,
+)
+from .errors import BadModel, BadOptions, ModelNotFound, first_line
 
 DEFAULT_HUB_MODEL = "timbrooks/instruct-pix2pix"
 BUNDLED_DIR = Path(__file__).parent / "data" / "models"
@@ -30,38 +36,6 @@ KNOWN_HUB_MODELS = {
     "vinesmsuic/magicbrush-jul7": "MagicBrush fine-tune (Zhang et al. 2023), diffusers layout",
 }
 SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
-COMPONENT_NAMES = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-
-
-@dataclass
-class Components:
-    """The parts of an InstructPix2Pix model, ready to run.
-
-    ``scheduler_config`` is a plain dict: the sampler builds a fresh scheduler from it for every
-    edit, so concurrent edits never share scheduler state.
-    """
-
-    unet: Any
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
-    scheduler_config: dict
-    name: str = "custom"
-    source: str = ""
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def device(self):
-        return self.unet.device
-
-    @property
-    def dtype(self):
-        return self.unet.dtype
-
-    def to(self, device=None, dtype=None) -> Components:
-        for module in (self.unet, self.vae, self.text_encoder):
-            module.to(device=device, dtype=dtype)
-        return self
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,12 +168,12 @@ def resolve_folder(ref: str) -> Path:
         return Path(snapshot_download(ref, local_files_only=True, allow_patterns=_hub_patterns()))
     except Exception:
         raise ModelNotFound(
-            f"model {ref!r} is not in the local Hugging Face cache ({_hf_cache_dir()}); "
+            f"model {ref!r} is not in the local Hugging Face cache ({hf_cache_dir()}); "
             f"get it with `ip2p download {ref}`"
         ) from None
 
 
-def _hf_cache_dir() -> str:
+def hf_cache_dir() -> str:
     try:
         from huggingface_hub.constants import HF_HUB_CACHE
 
@@ -209,10 +183,14 @@ def _hf_cache_dir() -> str:
 
 
 def _hub_patterns() -> list[str]:
+    """What a model needs from the hub: configs, weights and every tokenizer file (tokenizer.json,
+    vocab/merges, sentencepiece ``*.model``, tiktoken), whichever kind its tokenizer is."""
     return [
         "model_index.json",
         *(f"{c}/*.json" for c in COMPONENT_NAMES),
         "tokenizer/*.txt",
+        "tokenizer/*.model",
+        "tokenizer/*.tiktoken",
         *(f"{c}/*.safetensors" for c in ("unet", "vae", "text_encoder")),
     ]
 
@@ -224,8 +202,7 @@ def download(ref: str = DEFAULT_HUB_MODEL, progress: bool = True) -> Path:
     try:
         return Path(snapshot_download(ref, allow_patterns=_hub_patterns()))
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelNotFound(f"could not download {ref!r} (offline or no such model?): {reason[:200]}") from None
+        raise ModelNotFound(f"could not download {ref!r} (offline or no such model?): {first_line(exc, 200)}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,7 +227,6 @@ def _check_architecture(unet_config: dict, text_config: dict | None, where: str,
 def load_folder(folder: str | Path, name: str | None = None, *, instruct: bool = True) -> Components:
     """Load a diffusers folder on the CPU in float32; ``instruct`` demands an 8-channel UNet."""
     import torch
-    from transformers import CLIPTextModel, CLIPTokenizer
 
     folder = Path(folder)
     for part in ("unet", "vae", "text_encoder", "tokenizer"):
@@ -263,15 +239,21 @@ def load_folder(folder: str | Path, name: str | None = None, *, instruct: bool =
     unet_class, vae_class, vae_config = _component_classes(folder, unet_config)
     if instruct:
         _check_architecture(unet_config, None, str(folder), int(vae_config.get("latent_channels", 4)))
+    text_class, tokenizer_class = _transformers_classes(folder)
     try:
         unet = unet_class.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
         vae = vae_class.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
-        with _no_transformers_bars():
-            text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=torch.float32)
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BadModel(f"{folder}: could not load the model: {first[:300]}") from None
+        raise BadModel(f"{folder}: could not load the model: {first_line(exc)}") from None
+    try:
+        with quiet_transformers_bars():
+            text_encoder = text_class.from_pretrained(folder, subfolder="text_encoder", torch_dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError, ImportError) as exc:
+        raise BadModel(f"{folder}: could not load text_encoder/ as {text_class.__name__}: {first_line(exc)}") from None
+    try:
+        tokenizer = tokenizer_class.from_pretrained(folder, subfolder="tokenizer")
+    except Exception as exc:  # the tokenizers library raises its own exception types
+        raise BadModel(f"{folder}: could not load tokenizer/ as {tokenizer_class.__name__}: {first_line(exc)}") from None
     scheduler_config = _read_scheduler_config(folder)
     recommended = read_recommended(folder)
     for module in (unet, vae, text_encoder):
@@ -280,7 +262,31 @@ def load_folder(folder: str | Path, name: str | None = None, *, instruct: bool =
                       source=str(folder), extra={"recommended": recommended} if recommended else {})
 
 
-RECOMMENDED_FILE = "ip2p.json"
+def _transformers_classes(folder: Path):
+    """The text encoder and tokenizer classes the folder's model_index.json names, looked up on
+    ``transformers``; ``CLIPTextModel`` / ``AutoTokenizer`` when it has no index or names no class
+    of the right kind (``AutoTokenizer`` then reads the tokenizer's own tokenizer_config.json)."""
+    import transformers
+
+    index: dict = {}
+    path = folder / "model_index.json"
+    if path.is_file():
+        try:
+            index = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise BadModel(f"{path}: not valid JSON ({exc})") from None
+
+    def named(part: str, kind: type, default: type) -> type:
+        entry = index.get(part) if isinstance(index, dict) else None
+        if isinstance(entry, list | tuple) and len(entry) == 2 and entry[0] == "transformers" \
+                and isinstance(entry[1], str) and not entry[1].startswith("_"):
+            cls = getattr(transformers, entry[1], None)
+            if isinstance(cls, type) and issubclass(cls, kind):
+                return cls
+        return default
+
+    return (named("text_encoder", transformers.PreTrainedModel, transformers.CLIPTextModel),
+            named("tokenizer", transformers.PreTrainedTokenizerBase, transformers.AutoTokenizer))
 
 
 def recommended_for(ref: str) -> dict:
@@ -351,13 +357,6 @@ def _component_classes(folder: Path, unet_config: dict):
     return UNET_CLASSES[unet_name], VAE_CLASSES[vae_name], vae_config
 
 
-def _library_of(module) -> list[str]:
-    """A model_index.json entry: diffusers' classes under "diffusers", ip2p's under their module."""
-    cls = type(module)
-    library = "diffusers" if cls.__module__.startswith("diffusers") else cls.__module__
-    return [library, cls.__name__]
-
-
 def _read_scheduler_config(folder: Path) -> dict:
     path = folder / "scheduler" / "scheduler_config.json"
     if path.is_file():
@@ -365,8 +364,6 @@ def _read_scheduler_config(folder: Path) -> dict:
             return json.loads(path.read_text())
         except ValueError:
             raise BadModel(f"{folder}: scheduler/scheduler_config.json is not valid JSON") from None
-    from .tiny import SD15_SCHEDULER_CONFIG
-
     return dict(SD15_SCHEDULER_CONFIG)
 
 
@@ -396,52 +393,24 @@ def load_components(model: str | Path | None = None, device="auto", dtype="auto"
     return read_model(ref).to(dev, dt)
 
 
-@contextlib.contextmanager
-def _no_transformers_bars():
-    """transformers 5 draws "Loading weights" / "Writing model shards" bars even for one small file;
-    ip2p's commands draw their own progress, so these are switched off around the call."""
-    from transformers.utils import logging as hf_logging
+def convert_model(source: str | Path, target: str | Path, *, tokenizer=None, hints: dict | None = None) -> Path:
+    """Re-write a model: a single file or any model reference, to a single file or a diffusers folder.
 
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+    ``target`` ending in .safetensors/.ckpt is written as one LDM-layout file, anything else as a
+    stock diffusers folder. Weights are copied exactly (float32).
+    """
+    from .convert import load_single_file, save_single_file
 
-
-def save_diffusers(components: Components, folder: str | Path) -> Path:
-    """Write a standard diffusers ``StableDiffusionInstructPix2PixPipeline`` folder (safetensors)."""
-    from .text import save_tokenizer
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    components.unet.save_pretrained(folder / "unet", safe_serialization=True)
-    components.vae.save_pretrained(folder / "vae", safe_serialization=True)
-    with _no_transformers_bars():
-        components.text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
-    save_tokenizer(components.tokenizer, folder / "tokenizer")
-    (folder / "scheduler").mkdir(exist_ok=True)
-    scheduler_config = dict(components.scheduler_config)
-    scheduler_config.setdefault("_class_name", "EulerAncestralDiscreteScheduler")
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2))
-    import diffusers
-
-    index = {
-        "_class_name": "StableDiffusionInstructPix2PixPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None],
-        "image_encoder": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", scheduler_config["_class_name"]],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": _library_of(components.unet),
-        "vae": _library_of(components.vae),
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-    if components.extra.get("recommended"):
-        (folder / RECOMMENDED_FILE).write_text(json.dumps(components.extra["recommended"], indent=2) + "\n")
-    return folder
+    source_path, target = Path(source).expanduser(), Path(target).expanduser()
+    if source_path.is_file() and source_path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        components = load_single_file(source_path, tokenizer=tokenizer, hints=hints)
+    elif tokenizer is not None or hints:
+        raise BadOptions("--tokenizer and --hint apply only when converting from a single file")
+    else:
+        components = load_components(str(source), device="cpu", dtype="fp32")
+    if target.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".pth"):
+        return save_single_file(components, target)
+    occupied = any(target.iterdir()) if target.is_dir() else target.exists()
+    if occupied:
+        raise BadOptions(f"{target}: already exists and is not an empty folder")
+    return save_diffusers(components, target)

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -64,6 +65,43 @@ def make_scheduler(name: str, config: dict):
     cls, overrides = _scheduler_factory(name)
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     return cls.from_config({**config, **overrides})
+
+
+@dataclass
+class Runner:
+    """What an edit calls: the UNet, the VAE decoder and the scheduler factory.
+
+    This is the default mode: the model's own modules, eager. A speed mode (:mod:`ip2p.fast`) is a
+    subclass that hands out other callables; the editor only ever talks to its runner, so the
+    denoising loop stays one pure function and a new mode touches one module.
+    """
+
+    mode: str
+    unet: Any
+    decode: Any
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def default(cls, components) -> Runner:
+        return cls(mode="default", unet=components.unet, decode=components.vae.decode)
+
+    @property
+    def approximate(self) -> bool:
+        """True when outputs differ from the default mode's beyond float rounding."""
+        return False
+
+    def unet_for_edit(self):
+        """The callable the denoising loop uses for one edit."""
+        return self.unet
+
+    def make_scheduler(self, name: str, config: dict):
+        return make_scheduler(name, config)
+
+    def after_edit(self, shape: tuple) -> None:
+        """Called with the latent shape after every decode (a compiling mode saves its cache)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": self.mode, "approximate": self.approximate, "notes": list(self.notes)}
 
 
 def guidance_rows(text_scale: float, image_scale: float) -> int:

@@ -58,11 +58,16 @@ def build_clip_tokenizer(words: Iterable[str] = (), max_length: int = 77) -> CLI
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
-def save_tokenizer(tokenizer: CLIPTokenizer, folder: str | Path) -> None:
-    """Save ``tokenizer`` so that both transformers 4 (vocab/merges) and 5 (tokenizer.json) read it."""
+def save_tokenizer(tokenizer, folder: str | Path) -> None:
+    """Save any transformers tokenizer with its own ``save_pretrained``; a BPE one (CLIP's kind) also
+    gets the vocab.json/merges.txt pair, so both transformers 4 (vocab/merges) and 5 (tokenizer.json)
+    read it."""
     folder = Path(folder)
     tokenizer.save_pretrained(folder)
-    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    model = json.loads(backend.to_str())["model"] if backend is not None else {}
+    if model.get("type") != "BPE" or "vocab" not in model or "merges" not in model:
+        return
     (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False))
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")

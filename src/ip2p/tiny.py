@@ -10,23 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from .models import Components
+from .components import SD15_SCHEDULER_CONFIG, Components
 
 #: The scheduler configuration SD-1.5 and timbrooks/instruct-pix2pix ship.
-SD15_SCHEDULER_CONFIG = {
-    "_class_name": "EulerAncestralDiscreteScheduler",
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "prediction_type": "epsilon",
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-}
-
 #: Words the tiny tokenizer knows as whole tokens (others fall back to bytes).
 TINY_WORDS = (
     "make turn the it a an into to of and circle square triangle star heart red green blue yellow "
@@ -104,3 +90,16 @@ def build_tiny_components(
         name=f"tiny-{seed}",
         source="in-process",
     )
+
+
+def gradient_image(width: int = 32, height: int = 32, seed: int = 0):
+    """A deterministic colourful test picture: gradients plus seeded noise, so every pixel differs."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / max(width - 1, 1), y * 255 / max(height - 1, 1),
+                     (x + y) * 127 / max(width + height, 1)], -1)
+    base += rng.normal(0, 8, base.shape)
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))

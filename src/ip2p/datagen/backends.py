@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import BadModel, BadOptions, Ip2pError, ModelNotFound
+from ..errors import BadModel, BadOptions, Ip2pError, ModelNotFound, first_line
 from .text import DELIMITER_EDIT, STOP, EditRecord, format_completion, format_prompt
 
 #: Hand-written demonstrations for the few-shot prompt (written for this project).
@@ -70,9 +70,9 @@ class HFBackend:
             tokenizer = AutoTokenizer.from_pretrained(ref)
             model = AutoModelForCausalLM.from_pretrained(ref)
         except OSError as exc:
-            raise ModelNotFound(f"language model {ref!r} not found locally: {str(exc).splitlines()[0][:200]}") from None
+            raise ModelNotFound(f"language model {ref!r} not found locally: {first_line(exc, 200)}") from None
         except (ValueError, KeyError) as exc:
-            raise BadModel(f"{ref}: not a causal language model ({str(exc).splitlines()[0][:200]})") from None
+            raise BadModel(f"{ref}: not a causal language model ({first_line(exc, 200)})") from None
         return cls(model.to(resolve_device(device)), tokenizer, **kwargs)
 
     def complete(self, captions: Sequence[str], seeds: Sequence[int]) -> list[str]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..errors import BadModel, BadOptions, ModelNotFound
+from ..errors import BadModel, BadOptions, ModelNotFound, first_line
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -111,9 +111,9 @@ class ClipScorer:
             model = CLIPModel.from_pretrained(ref)
             tokenizer = AutoTokenizer.from_pretrained(ref)
         except OSError as exc:
-            raise ModelNotFound(f"CLIP model {ref!r} not found locally: {str(exc).splitlines()[0][:200]}") from None
+            raise ModelNotFound(f"CLIP model {ref!r} not found locally: {first_line(exc, 200)}") from None
         except (ValueError, KeyError) as exc:
-            raise BadModel(f"{ref}: not a CLIP model ({str(exc).splitlines()[0][:200]})") from None
+            raise BadModel(f"{ref}: not a CLIP model ({first_line(exc, 200)})") from None
         return cls(model.to(resolve_device(device)), tokenizer)
 
     @property

@@ -50,10 +50,10 @@ def read_examples(path: str | Path) -> list[EditRecord]:
     except ValueError:
         raise BadData(f"{path}:1: not valid JSON") from None
     if isinstance(head, dict) and "prompt" in head and "completion" in head:
-        from .text import _read_jsonl, parse_completion
+        from .text import parse_completion, read_jsonl
 
         records = []
-        for n, row in enumerate(_read_jsonl(path), 1):
+        for n, row in enumerate(read_jsonl(path), 1):
             parsed = parse_completion(str(row.get("completion", "")))
             caption = str(row.get("prompt", "")).split("\n##", 1)[0].strip()
             if parsed is None or not caption:

@@ -18,12 +18,11 @@ import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
+from ..components import Components
 from ..errors import BadModel, BadOptions
-from ..models import Components
 from . import p2p
 from .util import derive_seed
 
@@ -94,12 +93,10 @@ def pair_specs(prompt_index: int, options: ImageOptions, count: int | None = Non
 
 
 def load_t2i(model: str, device="auto", dtype="auto") -> Components:
-    """Load an SD-1.x text-to-image model (4-channel UNet, VAE, CLIP text encoder) from a diffusers
-    folder or a cached hub id, component by component (the folder's pipeline class is ignored)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    from ..models import _read_scheduler_config, resolve_device, resolve_dtype, resolve_folder
+    """Load an SD-1.x text-to-image model (4-channel UNet, VAE, text encoder and tokenizer) from a
+    diffusers folder or a cached hub id; each part by the class the folder names, as
+    :func:`ip2p.models.load_folder` loads them (the folder's pipeline class is ignored)."""
+    from ..models import load_folder, resolve_device, resolve_dtype, resolve_folder
 
     folder = resolve_folder(str(model))
     for part in ("unet", "vae", "text_encoder", "tokenizer"):
@@ -114,18 +111,7 @@ def load_t2i(model: str, device="auto", dtype="auto") -> Components:
                        "needs a 4-channel text-to-image model (SD-1.x)")
     dev = resolve_device(device) if not hasattr(device, "type") else device
     dt = resolve_dtype(dtype, dev)
-    try:
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BadModel(f"{folder}: could not load the model: {first[:300]}") from None
-    for module in (unet, vae, text_encoder):
-        module.eval().requires_grad_(False)
-    components = Components(unet, vae, text_encoder, tokenizer, _read_scheduler_config(Path(folder)),
-                            name=str(model), source=str(folder))
+    components = load_folder(folder, name=str(model), instruct=False)
     components.to(dev, dt)
     components.vae.to(dtype=torch.float32)  # decode in fp32: fp16 SD VAEs overflow
     return components

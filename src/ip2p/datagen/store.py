@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import BadData
-from .util import atomic_write_bytes, atomic_write_text
+from ..files import atomic_path, write_atomic
 
 CANDIDATES = "candidates.jsonl"
 CANDIDATE_DIR = ".candidates"
@@ -78,7 +78,7 @@ class PairStore:
                               "use a fresh output folder for a different prompts file")
             if old == record:
                 return
-        atomic_write_text(path, json.dumps(record, ensure_ascii=False))
+        write_atomic(path, json.dumps(record, ensure_ascii=False), parents=True)
 
     # ---------------------------------------------------------------------------------------
     # candidates
@@ -108,8 +108,8 @@ class PairStore:
         folder = self.folder(index)
         if images is not None:
             for k, image in enumerate(images):
-                atomic_write_bytes(folder / CANDIDATE_DIR / f"{record['seed']}_{k}.jpg",
-                                   _jpeg(image, self.jpeg_quality))
+                write_atomic(folder / CANDIDATE_DIR / f"{record['seed']}_{k}.jpg", _jpeg(image, self.jpeg_quality),
+                             parents=True)
         line = (json.dumps(record) + "\n").encode("utf-8")
         with open(folder / CANDIDATES, "ab") as fh:
             fh.write(line)
@@ -131,9 +131,10 @@ class PairStore:
                 elif not (folder / name).is_file():
                     raise BadData(f"{folder}: kept pair {record['seed']} has no image {name}")
         lines = "".join(json.dumps(r) + "\n" for r in kept)
-        atomic_write_text(folder / "metadata.jsonl", lines)
+        write_atomic(folder / "metadata.jsonl", lines, parents=True)
         generated = len(self.candidates(index))
-        atomic_write_text(folder / DONE, json.dumps({"seeds": [r["seed"] for r in kept], "generated": generated}))
+        done = {"seeds": [r["seed"] for r in kept], "generated": generated}
+        write_atomic(folder / DONE, json.dumps(done), parents=True)
         shutil.rmtree(folder / CANDIDATE_DIR, ignore_errors=True)
         (folder / CANDIDATES).unlink(missing_ok=True)
 
@@ -151,7 +152,7 @@ class PairStore:
     def write_seeds(self) -> Path:
         """(Re)write ``seeds.json`` from the done-markers: the index the training loader reads."""
         entries = [[name, seeds] for name, seeds in self.done_prompts() if seeds]
-        return atomic_write_text(self.root / "seeds.json", json.dumps(entries))
+        return write_atomic(self.root / "seeds.json", json.dumps(entries), parents=True)
 
     def pairs(self) -> Iterator[dict]:
         """Every kept pair: prompt fields, metadata and the two JPEG files' paths."""
@@ -195,8 +196,6 @@ def export_parquet(root: str | Path, out: str | Path, rows_per_group: int = 256)
     images are ``{bytes, path}`` structs with the ``datasets`` Image feature in the schema metadata.
     Returns the number of rows. The file appears atomically.
     """
-    import tempfile
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -211,11 +210,9 @@ def export_parquet(root: str | Path, out: str | Path, rows_per_group: int = 256)
     schema = pa.schema(fields, metadata=metadata)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
     count = 0
-    try:
-        with pq.ParquetWriter(tmp, schema) as writer:
+    with atomic_path(out) as tmp:
+        with pq.ParquetWriter(str(tmp), schema) as writer:
             rows: list[dict] = []
             for pair in store.pairs():
                 meta = pair["meta"]
@@ -236,8 +233,4 @@ def export_parquet(root: str | Path, out: str | Path, rows_per_group: int = 256)
             if rows or count == 0:
                 writer.write_table(pa.Table.from_pylist(rows, schema=schema))
                 count += len(rows)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return count

@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import BadData, BadOptions
-from .util import atomic_write_text, derive_seed
+from ..errors import BadData, BadOptions, first_line
+from ..files import write_atomic
+from .util import derive_seed
 
 DELIMITER_PROMPT = "\n##\n"
 DELIMITER_EDIT = "\n%%\n"
@@ -242,7 +243,7 @@ def read_captions(source: str | Path, column: str | None = None, limit: int | No
         captions = [c for c in captions if c]
     elif suffix in (".jsonl", ".json"):
         captions = []
-        for n, row in enumerate(_read_jsonl(path), 1):
+        for n, row in enumerate(read_jsonl(path), 1):
             key = _pick_column(list(row), column, f"{path}:{n}")
             captions.append(str(row[key]).strip())
     elif suffix == ".parquet":
@@ -251,7 +252,7 @@ def read_captions(source: str | Path, column: str | None = None, limit: int | No
         try:
             table = pq.read_table(path)
         except Exception as exc:  # pyarrow raises several types for a bad file
-            raise BadData(f"{path}: not a readable parquet file ({str(exc).splitlines()[0][:200]})") from None
+            raise BadData(f"{path}: not a readable parquet file ({first_line(exc, 200)})") from None
         key = _pick_column(table.column_names, column, str(path))
         captions = [str(c).strip() for c in table.column(key).to_pylist() if c is not None]
     else:
@@ -269,15 +270,14 @@ def read_hf_captions(name: str, column: str | None = None, split: str = "train",
     try:
         data = datasets.load_dataset(name, split=split)
     except Exception as exc:  # datasets raises many types; all mean "cannot load"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BadData(f"cannot load dataset {name!r} split {split!r}: {first[:200]}") from None
+        raise BadData(f"cannot load dataset {name!r} split {split!r}: {first_line(exc, 200)}") from None
     key = _pick_column(list(data.column_names), column, f"dataset {name}")
     if limit is not None:
         data = data.select(range(min(limit, len(data))))
     return [str(c).strip() for c in data[key] if c is not None]
 
 
-def _read_jsonl(path: Path) -> Iterable[dict]:
+def read_jsonl(path: Path) -> Iterable[dict]:
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
@@ -297,7 +297,7 @@ def read_prompts(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise BadData(f"prompts file {path} does not exist")
     prompts = []
-    for n, row in enumerate(_read_jsonl(path), 1):
+    for n, row in enumerate(read_jsonl(path), 1):
         if "caption" not in row and "input" in row:
             row = {"caption": row["input"], **{k: v for k, v in row.items() if k != "input"}}
         missing = [k for k in ("caption", "edit", "output") if not isinstance(row.get(k), str) or not row[k].strip()]
@@ -312,4 +312,4 @@ def read_prompts(path: str | Path) -> list[dict]:
 def write_prompts(records: Iterable[EditRecord | dict], path: str | Path) -> Path:
     """Write a prompts jsonl atomically."""
     lines = [json.dumps(r.to_dict() if isinstance(r, EditRecord) else r, ensure_ascii=False) for r in records]
-    return atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return write_atomic(path, "".join(line + "\n" for line in lines), parents=True)

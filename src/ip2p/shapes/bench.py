@@ -24,7 +24,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import BadOptions
-from .dataset import png_bytes, write_atomic
+from ..files import write_atomic
+from .dataset import png_bytes
 from .edits import check_kinds, make_example
 from .render import check_size
 from .score import ScoreRules, as_array, score_edit

@@ -23,7 +23,6 @@ import io
 import json
 import multiprocessing
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -33,6 +32,7 @@ from typing import Any
 from PIL import Image
 
 from ..errors import BadOptions
+from ..files import write_atomic  # temporary files are .{name}.*.tmp, which _sweep removes
 from .edits import SPLITS, TEST_SEED_OFFSET, check_kinds, make_example
 from .render import check_size
 
@@ -80,19 +80,6 @@ class MakeOptions:
         d.pop("out")
         d["kinds"] = list(self.kinds) if self.kinds else None
         return d
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def png_bytes(image: Image.Image) -> bytes:

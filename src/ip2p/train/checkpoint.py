@@ -14,8 +14,8 @@ saving leaves the previous checkpoint intact and never a half-written one.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import BadData, BadModel
+from ..files import atomic_folder, atomic_path, temp_folder
 
 PREFIX = "step-"
 
@@ -64,25 +65,21 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, *, trainable: dict
     """Collective: every process calls it. The main process writes the shared files and renames."""
     from safetensors.torch import save_file
 
-    folder = output_dir / "checkpoints"
-    final = folder / f"{PREFIX}{step:07d}"
-    tmp = folder / f".tmp-{PREFIX}{step:07d}"
-    if accelerator.is_main_process:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
-        save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-        state = {"step": step, "num_processes": accelerator.num_processes, "config": config}
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    accelerator.wait_for_everyone()
-    torch.save(rank_state, tmp / f"rank-{accelerator.process_index}.pt")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+    final = output_dir / "checkpoints" / f"{PREFIX}{step:07d}"
+    # The main process owns the temporary folder (creates it, renames it); the others write into it.
+    main = accelerator.is_main_process
+    with atomic_folder(final) if main else contextlib.nullcontext(temp_folder(final)) as tmp:
+        if main:
+            save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()},
+                      str(tmp / "trainable.safetensors"))
+            save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+            torch.save(optimizer_state, tmp / "optimizer.pt")
+            state = {"step": step, "num_processes": accelerator.num_processes, "config": config}
+            (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        accelerator.wait_for_everyone()
+        torch.save(rank_state, tmp / f"rank-{accelerator.process_index}.pt")
+        accelerator.wait_for_everyone()
+    if main:
         for old in checkpoint_dirs(output_dir)[:-keep] if keep else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -120,6 +117,5 @@ def load_rank_state(checkpoint: Path, rank: int, world: int) -> dict[str, Any]:
 
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file renamed into place: a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadOptions
+from ..errors import BadOptions, first_line
 
 START_KINDS = ("text2image", "ip2p", "scratch")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -174,8 +174,7 @@ class TrainConfig:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            first = str(exc).splitlines()[0]
-            raise BadOptions(f"{path}: not valid YAML ({first})") from None
+            raise BadOptions(f"{path}: not valid YAML ({first_line(exc)})") from None
         if data is not None and not isinstance(data, dict):
             raise BadOptions(f"{path}: a config is a mapping of sections (model, vae, data, optim, run)")
         return cls.from_mapping(data)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import BadData, BadImage
+from ..errors import BadData, BadImage, first_line
 from .config import DataConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -188,8 +188,7 @@ def _open_hf(datasets, path: str, split: str):
         else:
             loaded = datasets.load_dataset(path)
     except Exception as exc:  # datasets raises many types; all mean "cannot use this path"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BadData(f"cannot open data set {path!r}: {first[:300]}") from None
+        raise BadData(f"cannot open data set {path!r}: {first_line(exc)}") from None
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise BadData(f"data set {path!r} has no split {split!r} (splits: {', '.join(loaded)})")

@@ -8,21 +8,20 @@ scheduler config that carries the trained ``prediction_type``, so stock diffuser
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from ..components import Components
 from ..errors import BadData
-from ..models import Components
+from ..files import atomic_folder
 from .config import TrainConfig
 from .model import merge_lora
 
 
 def export_components(components: Components, cfg: TrainConfig, target: Path) -> Path:
     """Save ``components`` (weights as they are now) to ``target`` atomically, LoRA merged."""
-    from ..models import save_diffusers
+    from ..components import save_diffusers
 
     target = Path(target)
     unet = components.unet
@@ -35,13 +34,8 @@ def export_components(components: Components, cfg: TrainConfig, target: Path) ->
         extra["recommended"] = recommended_settings(cfg, scheduler_config)
     plain = Components(unet, components.vae, components.text_encoder, components.tokenizer, scheduler_config,
                        name=components.name, source=components.source, extra=extra)
-    tmp = target.parent / f".tmp-{target.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    save_diffusers(plain, tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    with atomic_folder(target) as tmp:
+        save_diffusers(plain, tmp)
     return target
 
 

@@ -20,8 +20,6 @@ import csv
 import itertools
 import logging
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +29,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import BadData, BadOptions, Cancelled
+from ..components import Components
+from ..errors import BadData, BadOptions, Cancelled, first_line
+from ..files import atomic_folder, atomic_path
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import EditPairDataset, StreamSampler, collate, open_source
@@ -77,14 +77,45 @@ def train(config: TrainConfig, *, resume: bool = False, callback: Callback | Non
     return _Trainer(config.check(), resume, callback).run(export)
 
 
+@dataclass
+class TrainState:
+    """Everything the loop works on, built in one place (:meth:`_Trainer._setup`), fresh or resumed.
+
+    ``step`` (optimizer steps done), ``position`` (batches this process drew from its stream) and
+    ``saved_step`` (the last checkpointed step) advance as the loop runs; the rest is fixed.
+    """
+
+    components: Components  # the model: trained UNet (and text encoder), frozen VAE, tokenizer
+    denoiser: torch.nn.Module  # the trained module, unwrapped (its weights are what is saved)
+    model: torch.nn.Module  # the same, as accelerate prepared it (what the loss calls)
+    params: list[torch.nn.Parameter]  # the trainable parameters (gradient clipping)
+    optimizer: Any  # AdamW, as accelerate prepared it
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    ema: EMA
+    noise_scheduler: Any  # diffusers' DDPMScheduler: the forward process and its targets
+    prediction_type: str
+    empty_ids: torch.Tensor  # token ids of "", for the dropped text condition
+    weight_dtype: torch.dtype  # of the frozen modules
+    generator: torch.Generator  # every random draw of the loop
+    data: torch.utils.data.Dataset  # what the loader reads: cached latents or the pair data set
+    size: int  # samples in one epoch
+    validation: list[dict]  # the fixed samples of the validation grids
+    step: int = 0
+    position: int = 0
+    saved_step: int = 0
+
+
 class _Trainer:
+    """One run: :meth:`_setup` builds the :class:`TrainState`, :meth:`_loop` advances it."""
+
     def __init__(self, cfg: TrainConfig, resume: bool, callback: Callback | None):
         self.cfg, self.resume, self.callback = cfg, resume, callback
         self.out = Path(cfg.run.output_dir).expanduser()
-        self.vae_state = self.out / "vae-stage.pt"  # a stopped autoencoder stage (see vae_stage.py)
+        self.vae_stage_file = self.out / "vae-stage.pt"  # a stopped autoencoder stage (see vae_stage.py)
         self.accelerator = _make_accelerator(cfg)
-        self.warned: set[int] = set()
+        self.warned: set[int] = set()  # bad samples already warned about (once each)
         self.bad_count = 0
+        self.state: TrainState | None = None  # set by run()
 
     # ---------------------------------------------------------------------------------------
     def emit(self, kind: str, **fields: Any) -> None:
@@ -96,10 +127,19 @@ class _Trainer:
             log.warning(fields.get("message", ""))
 
     def run(self, export: bool) -> TrainResult:
+        self.state = self._setup()
+        return self._loop(export)
+
+    def _setup(self) -> TrainState:
+        """The run's state at its first step: built fresh, or read back from the latest checkpoint.
+
+        The order (data, step-0 model, trainable weights, EMA, optimizer, frozen modules, noise
+        schedule, latents, generator) is fixed: a resume must draw the same randomness.
+        """
         cfg, acc = self.cfg, self.accelerator
         latest = ckpt.latest_checkpoint(self.out)
         base_dir = self.out / "base"
-        if not self.resume and (latest or base_dir.exists() or self.vae_state.exists()):
+        if not self.resume and (latest or base_dir.exists() or self.vae_stage_file.exists()):
             raise BadOptions(f"{self.out} already holds a run; pass --resume to continue it or choose another "
                              "--output")
         self.out.mkdir(parents=True, exist_ok=True)
@@ -110,58 +150,56 @@ class _Trainer:
             self.emit("warning", message=f"{len(source.bad_at_index)} bad rows skipped while indexing the data set "
                                          f"(first: {source.bad_at_index[0]})")
         dataset = EditPairDataset(source, cfg.data)
-        self.validation = self._validation_samples(source, size)
+        validation = self._validation_samples(source, size)
 
         components = self._base_model(base_dir, source, dataset, size)
-        self.components = components
         denoiser = prepare_trainable(components, cfg)
-        state = None
-        if self.resume and latest is not None:
-            state = ckpt.load_rank_state(latest, acc.process_index, acc.num_processes)
+        rank_state = None
+        if latest is not None:
+            rank_state = ckpt.load_rank_state(latest, acc.process_index, acc.num_processes)
             _load_into(denoiser, ckpt.load_weights(latest, "trainable"))
-        self.ema = EMA(trainable_state(denoiser), cfg.optim.ema_decay)
-        if state is not None:
-            self.ema.load_state_dict(ckpt.load_weights(latest, "ema"))
+        ema = EMA(trainable_state(denoiser), cfg.optim.ema_decay)
+        if latest is not None:
+            ema.load_state_dict(ckpt.load_weights(latest, "ema"))
 
         o = cfg.optim
         params = [p for p in denoiser.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, o, cfg.run.max_steps))
-        if state is not None:
+        if latest is not None:
             saved = torch.load(latest / "optimizer.pt", weights_only=False)
             optimizer.load_state_dict(saved["optimizer"])
             schedule.load_state_dict(saved["schedule"])
-        self.model, self.optimizer = acc.prepare(denoiser, optimizer)
-        if state is not None and acc.scaler is not None and saved.get("scaler"):
+        model, optimizer = acc.prepare(denoiser, optimizer)
+        if latest is not None and acc.scaler is not None and saved.get("scaler"):
             acc.scaler.load_state_dict(saved["scaler"])
-        self.schedule, self.params = schedule, params
-        self.denoiser = denoiser
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.run.mixed_precision, torch.float32)
         frozen = [components.vae] + ([] if cfg.trains_text_encoder else [components.text_encoder])
         for module in frozen:
             _place(module, acc.device, weight_dtype)
-        self.weight_dtype = weight_dtype
 
         from diffusers import DDPMScheduler
 
         sched_cfg = {k: v for k, v in components.scheduler_config.items() if not k.startswith("_")}
-        self.noise_scheduler = DDPMScheduler.from_config(sched_cfg)
-        self.prediction_type = components.scheduler_config["prediction_type"]
+        noise_scheduler = DDPMScheduler.from_config(sched_cfg)
         tok = components.tokenizer
-        self.empty_ids = tok([""], padding="max_length", max_length=tok.model_max_length, truncation=True,
-                             return_tensors="pt").input_ids
+        empty_ids = tok([""], padding="max_length", max_length=tok.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
 
-        loader_data = self._cached_dataset(dataset, size) if self._caches() else dataset
+        data = self._cached_dataset(dataset, size, components.vae, weight_dtype) if self._caches() else dataset
         generator = torch.Generator().manual_seed(cfg.run.seed * 7 + 1000 + acc.process_index)
         step, position = 0, 0
-        if state is not None:
-            ckpt.restore_rng(state["rng"], generator)
-            step, position = ckpt.read_state(latest)["step"], state["position"]
-        self.generator = generator
-        return self._loop(loader_data, size, step, position, export)
+        if latest is not None:
+            ckpt.restore_rng(rank_state["rng"], generator)
+            step, position = ckpt.read_state(latest)["step"], rank_state["position"]
+        return TrainState(components=components, denoiser=denoiser, model=model, params=params, optimizer=optimizer,
+                          schedule=schedule, ema=ema, noise_scheduler=noise_scheduler,
+                          prediction_type=components.scheduler_config["prediction_type"], empty_ids=empty_ids,
+                          weight_dtype=weight_dtype, generator=generator, data=data, size=size,
+                          validation=validation, step=step, position=position, saved_step=step)
 
     # ---------------------------------------------------------------------------------------
-    def _base_model(self, base_dir: Path, source, dataset, size: int):
+    def _base_model(self, base_dir: Path, source, dataset, size: int) -> Components:
         """The step-0 model: read back from ``base/`` on resume, else built (and the VAE stage run)."""
         from ..models import load_folder
 
@@ -173,19 +211,16 @@ class _Trainer:
         if cfg.model.start == "scratch" and cfg.model.autoencoder == "kl" and cfg.vae.steps:
             from .vae_stage import train_vae
 
-            loss = train_vae(components.vae, dataset, cfg, acc, self.emit, size, self.vae_state, self.resume)
+            loss = train_vae(components.vae, dataset, cfg, acc, self.emit, size, self.vae_stage_file, self.resume)
             components.vae.to("cpu")
             self.emit("stage", stage="vae-done", message=f"autoencoder trained: L1 {loss:.4f}, scaling factor "
                                                          f"{components.vae.config.scaling_factor:.4f}")
         if acc.is_main_process:
-            from ..models import save_diffusers
+            from ..components import save_diffusers
 
-            tmp = self.out / ".tmp-base"
-            shutil.rmtree(tmp, ignore_errors=True)
-            save_diffusers(components, tmp)
-            shutil.rmtree(base_dir, ignore_errors=True)
-            os.replace(tmp, base_dir)
-            self.vae_state.unlink(missing_ok=True)  # base/ holds the finished stage now
+            with atomic_folder(base_dir) as tmp:
+                save_diffusers(components, tmp)
+            self.vae_stage_file.unlink(missing_ok=True)  # base/ holds the finished stage now
         acc.wait_for_everyone()
         return components
 
@@ -213,7 +248,8 @@ class _Trainer:
         return mode == "true" or (mode == "auto" and not self.cfg.augments)
 
     @torch.no_grad()
-    def _cached_dataset(self, dataset: EditPairDataset, size: int, chunk: int = 128) -> _Cached:
+    def _cached_dataset(self, dataset: EditPairDataset, size: int, vae, weight_dtype: torch.dtype,
+                        chunk: int = 128) -> _Cached:
         """VAE latents of every sample (valid only without augmentation), encoded in chunks.
 
         The frozen VAE never changes during a run, so the latents are written once to
@@ -224,7 +260,7 @@ class _Trainer:
             saved = torch.load(path, weights_only=True)
             if saved.get("size") == size and saved.get("data") == str(self.cfg.data.path):
                 return _Cached(saved["items"])
-        vae, acc = self.components.vae, self.accelerator
+        acc = self.accelerator
         items: list[dict] = []
         for start in range(0, size, chunk):
             good = []  # (slot in items, sample)
@@ -236,7 +272,7 @@ class _Trainer:
             if not good:
                 continue
             pixels = torch.cat([torch.stack([g["input"] for _, g in good]), torch.stack([g["edited"] for _, g in good])])
-            dist = vae.encode(pixels.to(acc.device, self.weight_dtype)).latent_dist
+            dist = vae.encode(pixels.to(acc.device, weight_dtype)).latent_dist
             n = len(good)
             exact = not dist.std.any()  # an exact autoencoder: the posterior is a point, no logvar to keep
             modes, means, logvars = (t.float().cpu() for t in (dist.mode()[:n], dist.mean[n:], dist.logvar[n:]))
@@ -250,71 +286,70 @@ class _Trainer:
         return _Cached(items)
 
     # ---------------------------------------------------------------------------------------
-    def _loop(self, data, size: int, step: int, position: int, export: bool) -> TrainResult:
-        cfg, acc, r = self.cfg, self.accelerator, self.cfg.run
+    def _loop(self, export: bool) -> TrainResult:
+        cfg, acc, r, s = self.cfg, self.accelerator, self.cfg.run, self.state
         o = cfg.optim
-        sampler = StreamSampler(size, o.batch_size, r.seed, acc.process_index, acc.num_processes, start=position)
-        loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate,
+        sampler = StreamSampler(s.size, o.batch_size, r.seed, acc.process_index, acc.num_processes, start=s.position)
+        loader = torch.utils.data.DataLoader(s.data, batch_sampler=sampler, collate_fn=collate,
                                              num_workers=cfg.data.num_workers,
                                              persistent_workers=cfg.data.num_workers > 0)
         batches = iter(loader)
-        self.position, self.saved_step = position, step
-        logger = _Logger(self.out, step, acc.is_main_process, r.tensorboard, self.emit)
+        logger = _Logger(self.out, s.step, acc.is_main_process, r.tensorboard, self.emit)
         losses: list[float] = []
-        start_step, t0, samples = step, time.perf_counter(), 0
-        self.emit("stage", stage="unet", step=step, total=r.max_steps, message="training the denoiser")
+        start_step, t0, samples = s.step, time.perf_counter(), 0
+        self.emit("stage", stage="unet", step=s.step, total=r.max_steps, message="training the denoiser")
         try:
-            while step < r.max_steps:
+            while s.step < r.max_steps:
                 total = torch.zeros((), device=acc.device)
                 for micro in range(o.grad_accum):
                     batch = self._next_batch(batches)
                     samples += len(batch["index"]) * acc.num_processes
-                    sync = contextlib.nullcontext() if micro == o.grad_accum - 1 else acc.no_sync(self.model)
+                    sync = contextlib.nullcontext() if micro == o.grad_accum - 1 else acc.no_sync(s.model)
                     with sync:
                         with acc.autocast():
                             loss = self._loss(batch)
                         acc.backward(loss / o.grad_accum)
                     total += loss.detach() / o.grad_accum
                 if o.max_grad_norm:
-                    acc.clip_grad_norm_(self.params, o.max_grad_norm)
-                self.optimizer.step()
-                self.schedule.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                step += 1
-                self.ema.update(trainable_state(self.denoiser), step)
+                    acc.clip_grad_norm_(s.params, o.max_grad_norm)
+                s.optimizer.step()
+                s.schedule.step()
+                s.optimizer.zero_grad(set_to_none=True)
+                s.step += 1
+                s.ema.update(trainable_state(s.denoiser), s.step)
                 value = acc.reduce(total, "mean").item()
                 losses.append(value)
-                lr = self.schedule.get_last_lr()[0]
+                lr = s.schedule.get_last_lr()[0]
                 elapsed = time.perf_counter() - t0
-                logger.add(step, value, lr, samples / max(elapsed, 1e-9), sampler.epoch_of(self.position), r.log_every)
-                self.emit("step", step=step, total=r.max_steps, loss=value, lr=lr)
-                if r.checkpoint_every and step % r.checkpoint_every == 0:
-                    self._checkpoint(step)
-                if r.validation_every and step % r.validation_every == 0:
-                    self._validate(step)
+                logger.add(s.step, value, lr, samples / max(elapsed, 1e-9), sampler.epoch_of(s.position), r.log_every)
+                self.emit("step", step=s.step, total=r.max_steps, loss=value, lr=lr)
+                if r.checkpoint_every and s.step % r.checkpoint_every == 0:
+                    self._checkpoint()
+                if r.validation_every and s.step % r.validation_every == 0:
+                    self._validate()
         except Cancelled:
             # a stop raised by the step event comes before that step's periodic checkpoint
-            if step > start_step and self.saved_step != step:
-                self._checkpoint(step)
+            if s.step > start_step and s.saved_step != s.step:
+                self._checkpoint()
             logger.close()
             raise
         logger.close()
-        if r.checkpoint_every and step % r.checkpoint_every and step > start_step:
-            self._checkpoint(step)
+        if r.checkpoint_every and s.step % r.checkpoint_every and s.step > start_step:
+            self._checkpoint()
         model_dir = None
         if export:
-            if not r.validation_every or step % r.validation_every:
-                self._validate(step)
+            if not r.validation_every or s.step % r.validation_every:
+                self._validate()
             model_dir = self._export()
         rate = samples / max(time.perf_counter() - t0, 1e-9)
-        self.emit("done", step=step, total=r.max_steps, path=str(model_dir) if model_dir else None)
-        return TrainResult(self.out, model_dir, step, losses, self.bad_count, rate)
+        self.emit("done", step=s.step, total=r.max_steps, path=str(model_dir) if model_dir else None)
+        return TrainResult(self.out, model_dir, s.step, losses, self.bad_count, rate)
 
     def _next_batch(self, batches) -> dict:
         """The next batch with at least one good sample; bad samples are counted and warned once."""
         while True:
             batch = next(batches)
-            self.position += 1
+            self.state.position += 1
             for index, reason in batch["bad"]:
                 self.bad_count += 1
                 if index not in self.warned:
@@ -324,9 +359,9 @@ class _Trainer:
                 return batch
 
     def _loss(self, batch: dict) -> torch.Tensor:
-        acc, gen, o = self.accelerator, self.generator, self.cfg.optim
-        vae = self.components.vae
-        device = acc.device
+        s, o = self.state, self.cfg.optim
+        gen, vae, scheduler = s.generator, s.components.vae, s.noise_scheduler
+        device = self.accelerator.device
         with torch.no_grad():
             if "input_latent" in batch:
                 image_latents = batch["input_latent"].to(device)
@@ -337,79 +372,81 @@ class _Trainer:
                 latents = edited.to(device) * vae.config.scaling_factor
             else:
                 n = batch["input"].shape[0]
-                pixels = torch.cat([batch["input"], batch["edited"]]).to(device, self.weight_dtype)
+                pixels = torch.cat([batch["input"], batch["edited"]]).to(device, s.weight_dtype)
                 dist = vae.encode(pixels).latent_dist
                 image_latents = dist.mode()[:n].float()
                 noise = torch.randn(dist.mean[n:].shape, generator=gen).to(device)
                 latents = (dist.mean[n:].float() + dist.std[n:].float() * noise) * vae.config.scaling_factor
             b = latents.shape[0]
             noise = torch.randn(latents.shape, generator=gen).to(device)
-            timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=gen).to(device)
-            noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen).to(device)
+            noisy = scheduler.add_noise(latents, noise, timesteps)
             weight = None
-            if self.prediction_type == "v_prediction":
-                target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-            elif self.prediction_type == "sample":
+            if s.prediction_type == "v_prediction":
+                target = scheduler.get_velocity(latents, noise, timesteps)
+            elif s.prediction_type == "sample":
                 target = latents
                 if o.snr_gamma is not None:
-                    alphas = self.noise_scheduler.alphas_cumprod.to(device)[timesteps]
+                    alphas = scheduler.alphas_cumprod.to(device)[timesteps]
                     weight = torch.clamp(o.snr_gamma * (1 - alphas) / alphas, max=1.0)
-            elif self.prediction_type == "epsilon":
+            elif s.prediction_type == "epsilon":
                 target = noise
             else:
-                raise BadOptions(f"cannot train prediction_type {self.prediction_type!r}; use epsilon, "
+                raise BadOptions(f"cannot train prediction_type {s.prediction_type!r}; use epsilon, "
                                  "v_prediction or sample")
             # One uniform draw per sample picks its dropout case: [text | both | image | none].
             u = torch.rand(b, generator=gen)
             drop_text = u < o.drop_text + o.drop_both
             drop_image = (u >= o.drop_text) & (u < o.drop_text + o.drop_both + o.drop_image)
-            tok = self.components.tokenizer
+            tok = s.components.tokenizer
             ids = tok(batch["text"], padding="max_length", max_length=tok.model_max_length, truncation=True,
                       return_tensors="pt").input_ids
-            ids = torch.where(drop_text[:, None], self.empty_ids.expand_as(ids), ids).to(device)
+            ids = torch.where(drop_text[:, None], s.empty_ids.expand_as(ids), ids).to(device)
             image_latents = image_latents * (~drop_image).to(device, image_latents.dtype)[:, None, None, None]
-        pred = self.model(noisy, image_latents, timesteps, ids, tok.pad_token_id)
+        pred = s.model(noisy, image_latents, timesteps, ids, tok.pad_token_id)
         if weight is None:
             return F.mse_loss(pred.float(), target.float())
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         return (weight * per_sample).mean()
 
     # ---------------------------------------------------------------------------------------
-    def _checkpoint(self, step: int) -> None:
-        acc = self.accelerator
-        optimizer_state = {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+    def _checkpoint(self) -> None:
+        """Save the state at its current step (collective: every process calls it)."""
+        acc, s = self.accelerator, self.state
+        optimizer_state = {"optimizer": s.optimizer.state_dict(), "schedule": s.schedule.state_dict(),
                            "scaler": acc.scaler.state_dict() if acc.scaler is not None else None}
-        rank_state = {"rng": ckpt.capture_rng(self.generator), "position": self.position}
-        path = ckpt.save_checkpoint(acc, self.out, step, trainable=trainable_state(self.denoiser),
-                                    ema=self.ema.state_dict(), optimizer_state=optimizer_state,
+        rank_state = {"rng": ckpt.capture_rng(s.generator), "position": s.position}
+        path = ckpt.save_checkpoint(acc, self.out, s.step, trainable=trainable_state(s.denoiser),
+                                    ema=s.ema.state_dict(), optimizer_state=optimizer_state,
                                     config=self.cfg.to_dict(), rank_state=rank_state,
                                     keep=self.cfg.run.keep_checkpoints)
-        self.saved_step = step
-        self.emit("checkpoint", step=step, total=self.cfg.run.max_steps, path=str(path))
+        s.saved_step = s.step
+        self.emit("checkpoint", step=s.step, total=self.cfg.run.max_steps, path=str(path))
 
     @contextlib.contextmanager
     def _ema_weights(self):
         """Temporarily put the EMA weights into the live model (for validation and export)."""
-        backup = {n: p.detach().clone() for n, p in trainable_state(self.denoiser).items()}
-        self.ema.copy_to(self.denoiser)
+        denoiser = self.state.denoiser
+        backup = {n: p.detach().clone() for n, p in trainable_state(denoiser).items()}
+        self.state.ema.copy_to(denoiser)
         try:
             yield
         finally:
-            params = dict(self.denoiser.named_parameters())
+            params = dict(denoiser.named_parameters())
             with torch.no_grad():
                 for name, value in backup.items():
                     params[name].copy_(value)
 
-    def _validate(self, step: int) -> None:
+    def _validate(self) -> None:
         """Edit the fixed validation samples with the EMA model; save input | target | edit rows."""
-        acc, r = self.accelerator, self.cfg.run
-        if not self.validation or not acc.is_main_process:
+        acc, r, s = self.accelerator, self.cfg.run, self.state
+        if not s.validation or not acc.is_main_process:
             acc.wait_for_everyone()
             return
         from ..editor import Editor
         from .export import grid, recommended_settings
 
-        c = self.components
+        c = s.components
         modules = (c.unet, c.vae, c.text_encoder)
         dtypes = [_dtype_of(m) for m in modules]
         with self._ema_weights():
@@ -417,7 +454,7 @@ class _Trainer:
                 _place(module, None, torch.float32).eval()
             editor = Editor(c)
             rows = []
-            for item in self.validation:
+            for item in s.validation:
                 source, target = _to_image(item["input"]), _to_image(item["edited"])
                 result = editor.edit(source, item["text"], steps=r.validation_steps, seed=r.seed,
                                      guidance_scale=r.validation_text_scale,
@@ -430,9 +467,9 @@ class _Trainer:
         c.unet.train()
         if self.cfg.trains_text_encoder:
             c.text_encoder.train()
-        path = self.out / "validation" / f"step-{step:07d}.png"
+        path = self.out / "validation" / f"step-{s.step:07d}.png"
         grid(rows, path)
-        self.emit("validation", step=step, total=r.max_steps, path=str(path))
+        self.emit("validation", step=s.step, total=r.max_steps, path=str(path))
         acc.wait_for_everyone()
 
     def _export(self) -> Path | None:
@@ -443,7 +480,7 @@ class _Trainer:
             from .export import export_components
 
             with self._ema_weights():
-                export_components(self.components, self.cfg, target)
+                export_components(self.state.components, self.cfg, target)
         acc.wait_for_everyone()
         return target
 
@@ -516,7 +553,7 @@ def _make_accelerator(cfg: TrainConfig):
         return Accelerator(mixed_precision=cfg.run.mixed_precision, cpu=device == "cpu",
                            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
     except (ValueError, RuntimeError) as exc:
-        raise BadOptions(f"cannot set up training on this machine: {str(exc).splitlines()[0]}") from None
+        raise BadOptions(f"cannot set up training on this machine: {first_line(exc)}") from None
 
 
 class _Logger:
@@ -533,12 +570,10 @@ class _Logger:
         if self.path.is_file():  # a resumed run drops rows past its checkpoint
             with self.path.open(newline="") as handle:
                 rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= step]
-        tmp = self.path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as handle:
+        with atomic_path(self.path) as tmp, tmp.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, self.FIELDS)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..components import Components
 from ..errors import BadModel
-from ..models import Components
 from .config import TrainConfig
 
 # --------------------------------------------------------------------------------------------
@@ -79,8 +79,8 @@ def build_scratch(cfg: TrainConfig, instructions: list[str]) -> Components:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from ..components import SD15_SCHEDULER_CONFIG
     from ..text import build_clip_tokenizer
-    from ..tiny import SD15_SCHEDULER_CONFIG
 
     m = cfg.model
     torch.manual_seed(cfg.run.seed)

@@ -1,10 +1,10 @@
-"""``ip2p train``: train from a YAML config (with a tqdm progress bar), or export a checkpoint."""
+"""``ip2p train`` (train from a YAML config, with a tqdm bar) and ``ip2p train export``."""
 
 from __future__ import annotations
 
 import sys
 
-from ..cli import add_threads_option
+from .common import add_threads_option
 
 
 def register(subparsers) -> None:
@@ -17,25 +17,30 @@ def register(subparsers) -> None:
     p.add_argument("--output", help="override run.output_dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_threads_option(p)
-    p.add_argument("action", nargs="*", metavar="export CHECKPOINT OUT_DIR",
-                   help="export a checkpoint's EMA weights as a diffusers model folder")
     p.set_defaults(func=run)
+    sub = p.add_subparsers(dest="train_command", metavar="export", parser_class=type(p))
+    e = sub.add_parser("export", help="export a checkpoint's EMA weights as a diffusers model folder",
+                       description="Write CHECKPOINT's EMA weights (trained weights when it has none) as a "
+                                   "diffusers InstructPix2Pix folder, with its ip2p.json edit settings.")
+    e.add_argument("checkpoint", metavar="CHECKPOINT", help="a run's checkpoints/step-N folder")
+    e.add_argument("out", metavar="OUT_DIR", help="the model folder to write")
+    e.set_defaults(func=run_export)
+
+
+def run_export(args) -> int:
+    from ..train import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, args.out)
+    print(f"exported {args.checkpoint} to {path}")
+    return 0
 
 
 def run(args) -> int:
     from ..errors import BadOptions
 
-    if args.action:
-        if len(args.action) != 3 or args.action[0] != "export":
-            raise BadOptions("usage: ip2p train export CHECKPOINT OUT_DIR (or ip2p train --config FILE)")
-        from . import export_checkpoint
-
-        path = export_checkpoint(args.action[1], args.action[2])
-        print(f"exported {args.action[1]} to {path}")
-        return 0
     if not args.config:
         raise BadOptions("give --config FILE.yaml (see configs/ for examples)")
-    from . import TrainConfig, train
+    from ..train import TrainConfig, train
 
     config = TrainConfig.from_yaml(args.config)
     if args.max_steps is not None:

@@ -6,9 +6,11 @@ import argparse
 import json
 import sys
 
-from ..cli import add_threads_option
 from ..errors import BadOptions
-from ..options import DEFAULT_HELP
+from .common import add_edit_options, add_model_options, load_editor_for, options_from_args
+
+#: The edit options the benchmark takes (the rest are fixed by the benchmark itself).
+BENCH_OPTIONS = ("steps", "guidance_scale", "image_guidance_scale", "scheduler")
 
 
 def register(subparsers) -> None:
@@ -40,21 +42,13 @@ def register(subparsers) -> None:
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", parser_class=type(bench))
     bench.set_defaults(func=lambda args: _missing(bench))
     b = bench_sub.add_parser("shapes", help="exact per-kind scores on held-out shapes scenes")
-    b.add_argument("--model", default=None, help="model name, folder or file (default: the default model)")
     b.add_argument("--n", type=int, default=500)
     b.add_argument("--size", type=int, default=64)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--kinds", default=None, help="comma-separated edit kinds (default all)")
-    d = DEFAULT_HELP
-    b.add_argument("--steps", type=int, default=None, help=d["steps"])
-    b.add_argument("--guidance-scale", type=float, default=None, help=f"text CFG s_T ({d['guidance_scale']})")
-    b.add_argument("--image-guidance-scale", type=float, default=None,
-                   help=f"image CFG s_I ({d['image_guidance_scale']})")
-    b.add_argument("--scheduler", default=None, help=d["scheduler"])
-    b.add_argument("--device", default="auto")
-    b.add_argument("--dtype", default="auto")
     b.add_argument("--out", required=True, help="folder for report.md, report.json and grid.png")
-    add_threads_option(b)
+    add_edit_options(b, only=BENCH_OPTIONS)
+    add_model_options(b)
     b.set_defaults(func=run_bench)
 
 
@@ -79,7 +73,7 @@ def _progress(total: int, unit: str):
 
 
 def run_make(args) -> int:
-    from .dataset import MakeOptions, make_dataset
+    from ..shapes.dataset import MakeOptions, make_dataset
 
     opts = MakeOptions(
         out=args.out, n=args.n, size=args.size, format=args.format, split=args.split, start=args.start,
@@ -98,8 +92,8 @@ def run_show(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from .dataset import png_bytes, write_atomic
-    from .edits import make_example
+    from ..shapes.dataset import png_bytes, write_atomic
+    from ..shapes.edits import make_example
 
     if not args.out.lower().endswith(".png"):
         raise BadOptions(f"--out must be a .png file, got {args.out!r}")
@@ -117,16 +111,11 @@ def run_show(args) -> int:
 
 
 def run_bench(args) -> int:
-    from .. import load_editor
-    from .bench import markdown_table, run_benchmark
+    from ..shapes.bench import markdown_table, run_benchmark
 
-    editor = load_editor(args.model, device=args.device, dtype=args.dtype)
-    options = {
-        "steps": args.steps,
-        "guidance_scale": args.guidance_scale,
-        "image_guidance_scale": args.image_guidance_scale,
-        "scheduler": args.scheduler,
-    }
+    options_from_args(args).check()  # a bad flag fails here, before the model loads
+    editor = load_editor_for(args)
+    options = {name: getattr(args, name) for name in BENCH_OPTIONS}
     bar, update = _progress(args.n, "edit")
     try:
         report = run_benchmark(

@@ -1,121 +1,40 @@
-"""Core sub-commands: ``edit``, ``show-params``, ``info``, ``download``.
+"""``ip2p edit``, ``show-params``, ``info``, ``download`` and ``make-tiny-model``.
 
 Parsing and printing only; the work is :class:`ip2p.editor.Editor` and :mod:`ip2p.images`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from .errors import BadImage, BadOptions
-from .options import DEFAULT_HELP, SCHEDULERS, EditOptions
-
-
-def add_edit_options(p: argparse.ArgumentParser) -> None:
-    """Flags shared by every command that edits (edit, batch, bench): kebab-case EditOptions."""
-    d = DEFAULT_HELP
-    g = p.add_argument_group("edit options")
-    g.add_argument("--steps", type=int, default=None, help=f"denoising steps ({d['steps']})")
-    g.add_argument("--text-cfg", "--guidance-scale", dest="guidance_scale", type=float, default=None,
-                   help=f"text guidance s_T: how much to change ({d['guidance_scale']})")
-    g.add_argument("--image-cfg", "--image-guidance-scale", dest="image_guidance_scale", type=float,
-                   default=None, help=f"image guidance s_I: how close to the input ({d['image_guidance_scale']})")
-    g.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, recorded)")
-    g.add_argument("--scheduler", default=None, help=f"one of {', '.join(SCHEDULERS)} ({d['scheduler']})")
-    g.add_argument("--negative-prompt", default=None, help="what to steer away from (default empty)")
-    g.add_argument("--num-images", type=int, default=None, help="variations per input (seeds seed, seed+1, ...)")
-    g.add_argument("--resolution", type=int, default=None, help="long side of the working size (default: the model's native size, 512 for SD-1.5)")
-    g.add_argument("--align", type=int, default=None, choices=(8, 64), help="round sides to a multiple of this")
-    g.add_argument("--keep-working-size", action="store_true", default=None,
-                   help="return the working size instead of the input's own size")
-    m = p.add_argument_group("model")
-    m.add_argument("--model", default=None, help="bundled name, diffusers folder, single file or hub id")
-    m.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    m.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
-    m.add_argument("--mode", default="default", choices=("default", "fast", "low-memory", "approx"),
-                   help="fast: compiled, exact (first use per size compiles); low-memory: VAE tiling and "
-                        "offload; approx: DeepCache feature reuse, faster but changes pixels")
-    m.add_argument("--low-memory", dest="mode", action="store_const", const="low-memory",
-                   help="same as --mode low-memory")
-    p.add_argument("--batch-size", type=int, default=4, help="images per UNet batch")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes on stderr")
-
-
-def options_from_args(args, base: dict | None = None) -> EditOptions:
-    """EditOptions from parsed flags; flags the user gave override ``base`` (e.g. a replay)."""
-    values = dict(base or {})
-    for name in ("steps", "guidance_scale", "image_guidance_scale", "seed", "scheduler", "negative_prompt",
-                 "num_images", "resolution", "align", "keep_working_size"):
-        value = getattr(args, name, None)
-        if value is not None:
-            values[name] = value
-    return EditOptions.from_mapping(values)
-
-
-def load_editor_for(args):
-    """Load the model the flags name, saying on stderr which one when it was not named."""
-    from .editor import Editor
-    from .models import default_model, describe_default
-
-    model = args.model
-    if model is None:
-        model = default_model()
-        if not args.quiet:
-            print(describe_default(model), file=sys.stderr)
-    return Editor.load(model, device=args.device, dtype=args.dtype, mode=getattr(args, "mode", "default"))
-
-
-class ProgressBar:
-    """A tqdm bar on stderr fed by the editor's step callback; silent when not wanted."""
-
-    def __init__(self, enabled: bool, desc: str = "editing"):
-        self.bar = None
-        self.enabled = enabled and sys.stderr.isatty()
-        self.desc = desc
-
-    def __call__(self, step: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=self.desc, unit="step", file=sys.stderr, leave=False)
-        self.bar.total = total
-        self.bar.n = step
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
+from ..errors import BadImage, BadOptions
+from ..options import REPLAYED, check_instruction
+from .common import ProgressBar, add_edit_options, add_model_options, load_editor_for, options_from_args
 
 # ------------------------------------------------------------------------------------------------
 # ip2p edit
 
-_REPLAYED = ("instruction", "negative_prompt", "steps", "guidance_scale", "image_guidance_scale", "seed",
-             "scheduler", "resolution", "align", "keep_working_size")
 
-
-def _output_paths(output: str, count: int) -> list[str]:
-    if count == 1 or output == "-":
+def _output_paths(output: str, seeds: list[int]) -> list[str]:
+    """``out.png`` for one output; for variations ``out_s{seed}.png``, the names ``ip2p batch`` uses."""
+    if len(seeds) == 1 or output == "-":
         return [output]
     path = Path(output)
-    return [str(path.with_name(f"{path.stem}-{i}{path.suffix}")) for i in range(count)]
+    return [str(path.with_name(f"{path.stem}_s{seed}{path.suffix}")) for seed in seeds]
 
 
 def run_edit(args) -> int:
-    from .editor import pixel_digest
-    from .images import encode_image, load_image, read_params, save_image
+    from ..editor import pixel_digest
+    from ..images import encode_image, load_image, read_params, save_image
 
     base: dict = {}
     instruction = args.instruction
     source = args.input
     if args.replay:
         recorded = read_params(args.replay)
-        base = {k: recorded[k] for k in _REPLAYED if k in recorded and k != "instruction"}
+        base = {k: recorded[k] for k in REPLAYED if k in recorded}
         instruction = instruction if instruction is not None else recorded.get("instruction")
         if source is None:
             source = recorded.get("input")
@@ -126,7 +45,8 @@ def run_edit(args) -> int:
     if source is None:
         raise BadOptions("no input image given (INPUT, or - for stdin)")
     if instruction is None:
-        raise BadOptions("no instruction given (-i/--instruction)")
+        raise BadOptions("no instruction given (-i/--instruction)", param="--instruction")
+    check_instruction(instruction, "--instruction")
     if args.output is None:
         raise BadOptions("no output given (-o/--output, or - for stdout)")
     options = options_from_args(args, base)  # the editor fills what is left out from the model's ip2p.json
@@ -148,7 +68,7 @@ def run_edit(args) -> int:
                                   input_names=[str(source) if source != "-" else ""])
     finally:
         bar.close()
-    for path, picture, params in zip(_output_paths(args.output, len(result.images)), result.images,
+    for path, picture, params in zip(_output_paths(args.output, [p["seed"] for p in result.params]), result.images,
                                      result.params, strict=True):
         if path == "-":
             sys.stdout.buffer.write(encode_image(picture, args.format, params))
@@ -165,7 +85,7 @@ def run_edit(args) -> int:
 
 
 def run_show_params(args) -> int:
-    from .images import format_parameters, read_params
+    from ..images import format_parameters, read_params
 
     params = read_params(args.file)
     print(json.dumps(params, indent=2, sort_keys=True) if args.json else format_parameters(params))
@@ -179,8 +99,8 @@ def run_info(args) -> int:
     import torch
     import transformers
 
-    from . import __version__
-    from .models import _hf_cache_dir, bundled_models, cached_hub_models, resolve_device
+    from ..models import bundled_models, cached_hub_models, hf_cache_dir, resolve_device
+    from ..version import __version__
 
     device = resolve_device("auto")
     info = {
@@ -191,7 +111,7 @@ def run_info(args) -> int:
         "transformers": transformers.__version__,
         "device": str(device),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "hf_cache": _hf_cache_dir(),
+        "hf_cache": hf_cache_dir(),
         "bundled_models": sorted(bundled_models()),
         "cached_models": cached_hub_models(),
     }
@@ -206,7 +126,7 @@ def run_info(args) -> int:
 
 
 def run_download(args) -> int:
-    from .models import download
+    from ..models import download
 
     path = download(args.model)
     print(path)
@@ -214,7 +134,7 @@ def run_download(args) -> int:
 
 
 def register(sub) -> None:
-    from .models import DEFAULT_HUB_MODEL
+    from ..models import DEFAULT_HUB_MODEL
 
     p = sub.add_parser("edit", help="edit an image with an instruction",
                        description="Edit INPUT following an instruction and write OUTPUT.")
@@ -224,6 +144,9 @@ def register(sub) -> None:
     p.add_argument("--format", default="png", choices=("png", "jpeg", "webp"), help="format when writing to stdout")
     p.add_argument("--replay", metavar="FILE", help="re-run the edit recorded in FILE's metadata")
     add_edit_options(p)
+    add_model_options(p)
+    p.add_argument("--batch-size", type=int, default=4, help="images per UNet batch")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes on stderr")
     p.set_defaults(func=run_edit)
 
     p = sub.add_parser("show-params", help="print the edit parameters stored in an output image")
@@ -243,11 +166,11 @@ def register(sub) -> None:
 
 
 def run_make_tiny(args) -> int:
-    from .editor import _quiet_libraries
-    from .models import save_diffusers
-    from .tiny import build_tiny_components
+    from ..components import save_diffusers
+    from ..editor import quiet_libraries
+    from ..tiny import build_tiny_components
 
-    _quiet_libraries()
+    quiet_libraries()
     folder = save_diffusers(build_tiny_components(seed=args.seed), args.out)
     print(folder)
     return 0

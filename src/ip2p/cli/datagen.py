@@ -6,7 +6,7 @@ import importlib
 import json
 import sys
 
-from ..errors import BadOptions
+from ..errors import BadOptions, first_line
 
 
 def register(subparsers) -> None:
@@ -107,8 +107,8 @@ def _load_moderation(spec: str):
 def run_text(args) -> int:
     from tqdm import tqdm
 
-    from .backends import make_backend
-    from .text import (
+    from ..datagen.backends import make_backend
+    from ..datagen.text import (
         TextOptions,
         generate_text,
         read_blocklist,
@@ -118,7 +118,7 @@ def run_text(args) -> int:
     )
 
     if args.shapes is not None:
-        from .backends import shapes_prompts
+        from ..datagen.backends import shapes_prompts
 
         records = shapes_prompts(args.shapes, seed=args.seed)
         write_prompts(records, args.out)
@@ -145,9 +145,9 @@ def run_finetune(args) -> int:
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..datagen.finetune import FinetuneOptions, finetune_text, read_examples
     from ..errors import ModelNotFound
     from ..models import resolve_device
-    from .finetune import FinetuneOptions, finetune_text, read_examples
 
     examples = read_examples(args.examples)
     options = FinetuneOptions(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
@@ -156,7 +156,7 @@ def run_finetune(args) -> int:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         model = AutoModelForCausalLM.from_pretrained(args.model).to(resolve_device(args.device))
     except OSError as exc:
-        raise ModelNotFound(f"language model {args.model!r} not found locally: {str(exc).splitlines()[0][:200]}") from None
+        raise ModelNotFound(f"language model {args.model!r} not found locally: {first_line(exc, 200)}") from None
     with tqdm(desc="fine-tune", unit="step", file=sys.stderr, disable=None) as bar:
         def step(i, total, loss):
             bar.total = total
@@ -174,10 +174,10 @@ def run_finetune(args) -> int:
 def run_images_cmd(args) -> int:
     from tqdm import tqdm
 
-    from .clipfilter import FilterOptions
-    from .images import ImageOptions
-    from .pipeline import shard
-    from .text import read_prompts
+    from ..datagen.clipfilter import FilterOptions
+    from ..datagen.images import ImageOptions
+    from ..datagen.pipeline import shard
+    from ..datagen.text import read_prompts
 
     prompts = read_prompts(args.prompts)
     if args.limit is not None:
@@ -188,15 +188,15 @@ def run_images_cmd(args) -> int:
     filters = FilterOptions(args.clip_threshold, args.dir_threshold, args.image_threshold, args.keep).check()
     indices = shard(len(prompts), args.partitions, args.partition)
     if args.ray:
-        from .distributed import run_images_ray
+        from ..datagen.distributed import run_images_ray
 
         summary = run_images_ray(args.prompts, args.out, args.model, args.clip, indices, options, filters,
                                  address=None if args.ray == "local" else args.ray, workers=args.workers,
                                  device=args.device, dtype=args.dtype)
     else:
-        from .clipfilter import ClipScorer
-        from .images import PairRenderer, load_t2i
-        from .pipeline import run_images
+        from ..datagen.clipfilter import ClipScorer
+        from ..datagen.images import PairRenderer, load_t2i
+        from ..datagen.pipeline import run_images
 
         renderer = PairRenderer(load_t2i(args.model, args.device, args.dtype), options)
         scorer = ClipScorer.load(args.clip, device=args.device)
@@ -215,8 +215,8 @@ def run_images_cmd(args) -> int:
 def run_export(args) -> int:
     from pathlib import Path
 
+    from ..datagen.store import PairStore, export_parquet
     from ..errors import BadData
-    from .store import PairStore, export_parquet
 
     if not Path(args.dir).is_dir():
         raise BadData(f"{args.dir} is not a folder")
