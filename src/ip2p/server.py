@@ -736,12 +736,59 @@ async def supervise_edit(request, job: Job, work):
     raise job.error()
 
 
-def create_app(editor, settings: ServerSettings | None = None):
-    """The FastAPI app serving ``editor``; wrap it in uvicorn (``ip2p serve`` does)."""
-    from fastapi import FastAPI, Request
+def _install_service_routes(app, editor, queue: EditQueue, model_id: str, key_401: tuple) -> None:
+    """Everything but the edits: health, the model list, cancelling by request id, the offline
+    /docs page, and a JSON 404/405 for any other /v1 path."""
+    from fastapi import Request
     from fastapi.responses import HTMLResponse
     from fastapi.routing import APIRoute
     from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    def model_info() -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": 0, "owned_by": "ip2p"}
+
+    @app.get("/health", summary="liveness, model and queue state (no API key needed)")
+    async def health():
+        return {"status": "ok", "model": model_id, "device": str(editor.device), "queue": queue.stats()}
+
+    @app.get("/v1/models", summary="the model this server edits with (OpenAI shape)",
+             responses=_error_responses(*key_401))
+    async def models():
+        return {"object": "list", "data": [model_info()]}
+
+    @app.post("/v1/cancel/{request_id:path}", summary="cancel a waiting or running edit by its X-Request-Id",
+              responses=_error_responses(*key_401, 404),
+              openapi_extra={"parameters": [{"name": "request_id", "in": "path", "required": True,
+                                             "schema": {"type": "string"},
+                                             "description": "the edit's X-Request-Id"}]})
+    async def cancel(request: Request):
+        rid = request.path_params["request_id"]
+        job = queue.jobs.get(rid)
+        if job is None:
+            raise UnknownRequest(f"no waiting or running edit has request id {rid!r} (it finished, or never came)",
+                                 param="request_id")
+        state = "running" if job.started else "waiting"
+        job.cancel("cancel")
+        return {"id": rid, "object": "edit.cancellation", "cancelled": True, "state": state}
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request):
+        schema_url = request.scope.get("root_path", "") + app.openapi_url
+        return HTMLResponse(DOCS_PAGE.replace("__OPENAPI__", json.dumps(schema_url).replace("</", "<\\/")))
+
+    @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def unknown(request: Request, rest: str):
+        path = request.scope["path"]
+        allowed = sorted({m for r in app.router.routes if isinstance(r, APIRoute) and r.endpoint is not unknown
+                          and r.path_regex.match(path) for m in r.methods} - {"HEAD"})
+        if allowed:  # the path exists, the method does not (GET /v1/images/edits)
+            raise StarletteHTTPException(405, headers={"Allow": ", ".join(allowed)})
+        raise StarletteHTTPException(404)
+
+
+def create_app(editor, settings: ServerSettings | None = None):
+    """The FastAPI app serving ``editor``; wrap it in uvicorn (``ip2p serve`` does)."""
+    from fastapi import FastAPI, Request
 
     from .images import encode_image, load_image
     from .version import __version__
@@ -769,9 +816,6 @@ def create_app(editor, settings: ServerSettings | None = None):
 
     _install_error_handlers(app, scrub)
 
-    def model_info() -> dict[str, Any]:
-        return {"id": model_id, "object": "model", "created": 0, "owned_by": "ip2p"}
-
     async def run_edit(request, image_bytes: bytes, instruction: Any, opts: EditOptions, fmt: str,
                        spelled: str = "instruction"):
         if instruction is None:
@@ -798,15 +842,6 @@ def create_app(editor, settings: ServerSettings | None = None):
             return await supervise_edit(request, job, queue.run(work, job))
         finally:
             queue.unregister(job)
-
-    @app.get("/health", summary="liveness, model and queue state (no API key needed)")
-    async def health():
-        return {"status": "ok", "model": model_id, "device": str(editor.device), "queue": queue.stats()}
-
-    @app.get("/v1/models", summary="the model this server edits with (OpenAI shape)",
-             responses=_error_responses(*key_401))
-    async def models():
-        return {"object": "list", "data": [model_info()]}
 
     @app.post("/v1/images/edits", summary="OpenAI-compatible image edit", openapi_extra=_edit_schema(True, editor.recommended),
               responses=_error_responses(400, *key_401, 404, 409, 413, 422, 429, 503, 504))
@@ -886,34 +921,7 @@ def create_app(editor, settings: ServerSettings | None = None):
         return {"created": int(time.time()), "model": model_id,
                 "images": [{"b64_json": b64, "format": fmt, "params": params} for b64, params, _ in outputs]}
 
-    @app.post("/v1/cancel/{request_id:path}", summary="cancel a waiting or running edit by its X-Request-Id",
-              responses=_error_responses(*key_401, 404),
-              openapi_extra={"parameters": [{"name": "request_id", "in": "path", "required": True,
-                                             "schema": {"type": "string"},
-                                             "description": "the edit's X-Request-Id"}]})
-    async def cancel(request: Request):
-        rid = request.path_params["request_id"]
-        job = queue.jobs.get(rid)
-        if job is None:
-            raise UnknownRequest(f"no waiting or running edit has request id {rid!r} (it finished, or never came)",
-                                 param="request_id")
-        state = "running" if job.started else "waiting"
-        job.cancel("cancel")
-        return {"id": rid, "object": "edit.cancellation", "cancelled": True, "state": state}
-
-    @app.get("/docs", include_in_schema=False)
-    async def docs(request: Request):
-        schema_url = request.scope.get("root_path", "") + app.openapi_url
-        return HTMLResponse(DOCS_PAGE.replace("__OPENAPI__", json.dumps(schema_url).replace("</", "<\\/")))
-
-    @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
-    async def unknown(request: Request, rest: str):
-        path = request.scope["path"]
-        allowed = sorted({m for r in app.router.routes if isinstance(r, APIRoute) and r.endpoint is not unknown
-                          and r.path_regex.match(path) for m in r.methods} - {"HEAD"})
-        if allowed:  # the path exists, the method does not (GET /v1/images/edits)
-            raise StarletteHTTPException(405, headers={"Allow": ", ".join(allowed)})
-        raise StarletteHTTPException(404)
+    _install_service_routes(app, editor, queue, model_id, key_401)
 
     if settings.ui:
         from .ui import mount_ui
