@@ -5,6 +5,12 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 import zipfile
 from types import SimpleNamespace
 
@@ -492,3 +498,32 @@ def test_browser_load_parameters_reset_reuse_seed_and_examples(ui):
     page.wait_for_function("!document.querySelector('#randomize input').checked", timeout=60_000)
     assert page.locator("#seed input").input_value() == str(seed)
     page.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ip2p_ui_stops_cleanly_on_ctrl_c_and_sigterm(tmp_path, sig):
+    """`ip2p ui` in its own process: Ctrl-C (SIGINT) or SIGTERM closes it in one line, exit 0."""
+    from ip2p.components import save_diffusers
+    from ip2p.tiny import build_tiny_components
+
+    model = save_diffusers(build_tiny_components(seed=0), tmp_path / "tiny")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "ip2p", "ui", "--model", str(model), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.5)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert err.strip().splitlines()[-1] == "ip2p: UI stopped" and "Traceback" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 
 from ..ui import DEFAULT_PORT, build_ui, natural_resolution, require_gradio, theme
@@ -24,9 +25,15 @@ def run(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"ip2p: warning: the UI listens on {args.host}; anyone who can reach it can use it", file=sys.stderr)
     print(f"ip2p: UI for {editor.model_name} on http://{args.host}:{args.port}", file=sys.stderr)
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends it the way Ctrl-C does
     demo.launch(server_name=args.host, server_port=args.port, share=False, theme=theme(), footer_links=[],
-                show_error=True, quiet=True)
+                show_error=True, quiet=True)  # blocks; Gradio closes the server on KeyboardInterrupt
+    print("ip2p: UI stopped", file=sys.stderr)
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def register(sub) -> None:
