@@ -26,8 +26,11 @@ def run(args) -> int:
         print(f"ip2p: warning: the UI listens on {args.host}; anyone who can reach it can use it", file=sys.stderr)
     print(f"ip2p: UI for {editor.model_name} on http://{args.host}:{args.port}", file=sys.stderr)
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends it the way Ctrl-C does
-    demo.launch(server_name=args.host, server_port=args.port, share=False, theme=theme(), footer_links=[],
-                show_error=True, quiet=True)  # blocks; Gradio closes the server on KeyboardInterrupt
+    try:  # blocks; Gradio closes the server on a KeyboardInterrupt while it waits
+        demo.launch(server_name=args.host, server_port=args.port, share=False, theme=theme(), footer_links=[],
+                    show_error=True, quiet=True)
+    except KeyboardInterrupt:  # one that came while launch() was still starting up
+        demo.close()
     print("ip2p: UI stopped", file=sys.stderr)
     return 0
 
