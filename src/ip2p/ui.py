@@ -58,19 +58,14 @@ EDITOR_QUEUE = "editor"  # the events that run the model queue together: one edi
 Progress = Callable[[int, int], None]
 
 
-def natural_resolution(editor) -> int:
-    """The working resolution the model was trained at (SD-1.5: 512), the CLI's and server's default too."""
-    return editor.native_resolution
-
-
 def starting_values(editor, defaults: EditOptions | None = None) -> EditOptions:
     """The controls' starting (and "Reset") values: ``defaults``, gaps filled from the model's
     recommendation, else the global defaults; the seed stays None (randomise) unless given."""
-    d = defaults or EditOptions(resolution=natural_resolution(editor))
+    d = defaults or EditOptions(resolution=editor.native_resolution)
     if d.unset():  # controls need numbers
         d = dataclasses.replace(d.check(editor.recommended), seed=d.seed)
     if d.resolution is None:
-        d = dataclasses.replace(d, resolution=natural_resolution(editor))
+        d = dataclasses.replace(d, resolution=editor.native_resolution)
     return d
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import signal
 import sys
 
-from ..ui import DEFAULT_PORT, build_ui, natural_resolution, require_gradio, theme
+from ..ui import DEFAULT_PORT, build_ui, require_gradio, theme
 from .common import add_edit_options, add_model_options, load_editor_for, options_from_args
 
 #: Edit options whose flags set the UI controls' starting values.
@@ -17,9 +17,7 @@ def run(args) -> int:
     require_gradio()  # a missing Gradio is reported before the model loads
     args.quiet = False
     editor = load_editor_for(args)
-    given = options_from_args(args)  # the controls' starting values
-    if given.resolution is None:
-        given = dataclasses.replace(given, resolution=natural_resolution(editor))
+    given = options_from_args(args)  # the controls' starting values (resolution None: the model's own)
     defaults = dataclasses.replace(given.check(editor.recommended), seed=None)
     demo = build_ui(editor, defaults)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
