@@ -30,7 +30,7 @@ if [ "$PROFILE" = gpu ]; then
 else
   CONFIG=configs/demo-shapes.yaml
   RUN=runs/demo-shapes
-  MAX_STEPS=${MAX_STEPS:-3000}   # ~1.5-2 h at 30-43 samples/s on 2 idle cores (the rate differs between EPYC machines)
+  MAX_STEPS=${MAX_STEPS:-3800}   # run 5: ~2 h 10 min at 30 samples/s on one pinned thread (docs/demo-model.md)
 fi
 
 echo "== data: $N triplets at 64 px -> $DATA"
@@ -40,7 +40,11 @@ echo "== train: $CONFIG to step $MAX_STEPS -> $RUN"
 RESUME=()
 if [ -d "$RUN/checkpoints" ] || [ -d "$RUN/base" ]; then RESUME=(--resume); fi
 # log.csv in the run folder holds loss and samples/s every 10 steps
-time ip2p train --config "$CONFIG" --max-steps "$MAX_STEPS" "${RESUME[@]}"
+# One thread trains as fast as two on the 2-core machines measured (30 samples/s either way), and
+# leaves the other core for everything else; THREADS=2 to use both.
+THREADS=${THREADS:-1}
+if [ "$PROFILE" = gpu ]; then THREADS_ARGS=(); else THREADS_ARGS=(--threads "$THREADS"); fi
+time ip2p train --config "$CONFIG" --max-steps "$MAX_STEPS" "${THREADS_ARGS[@]}" "${RESUME[@]}"
 
 echo "== export the EMA weights -> src/ip2p/data/models/demo"
 LAST=$(ls -d "$RUN"/checkpoints/step-* | sort | tail -n 1)

@@ -167,6 +167,26 @@ def test_x0_training_lowers_the_loss(tmp_path):
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
 
 
+def test_edit_weight_weighs_the_changed_latent_pixels(tmp_path):
+    """optim.edit_weight: the same run, the same first batch, a heavier loss when only the edited
+    pixels weigh more (they hold the error of a residual model at step 0), and a checked range."""
+    data = write_ip2p(tmp_path / "d", 4, size=16)
+    first = {}
+    for weight in (0.0, 4.0):
+        cfg = x0_config(tmp_path / f"run{weight}", data)
+        cfg.run.max_steps, cfg.data.validation_count, cfg.optim.edit_weight = 1, 0, weight
+        first[weight] = train(cfg, export=False).losses[0]
+    assert first[4.0] > 1.5 * first[0.0]
+    with pytest.raises(BadOptions, match="optim.edit_weight must be >= 0"):
+        bad = x0_config(tmp_path / "r", data)
+        bad.optim.edit_weight = -1.0
+        bad.check()
+    with pytest.raises(BadOptions, match="edit_weight .* needs model.autoencoder pixel_unshuffle"):
+        kl = x0_config(tmp_path / "r", data, autoencoder="kl", residual=False)
+        kl.optim.edit_weight = 1.0
+        kl.check()
+
+
 def test_image_from_stock_loader_without_passing_classes(x0_model):
     """model_index.json names ip2p's classes, so a plain from_pretrained (ip2p installed) loads them too."""
     from diffusers import StableDiffusionInstructPix2PixPipeline

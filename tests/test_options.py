@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 
 from ip2p.errors import BadOptions
-from ip2p.options import BY_NAME, MATCHED, OPTION_ALIASES, OPTIONS, REPLAYED, EditOptions
+from ip2p.options import BY_NAME, MASK_OPTIONS, MATCHED, OPTION_ALIASES, OPTIONS, REPLAYED, EditOptions
 
 NAMES = {o.name for o in OPTIONS}
 #: Fields a surface may carry next to the options: what is edited, where from, how to write it.
@@ -72,7 +72,7 @@ def test_metadata_replay_and_resume_keys_come_from_the_schema(tiny_editor):
 
     assert set(MATCH_KEYS) - {"instruction", "model", "input_sha256"} == set(MATCHED) <= NAMES
     params = tiny_editor.edit(gradient_image(16, 16), "make it blue", steps=2, seed=3).params[0]
-    assert set(REPLAYED) <= set(params)
+    assert set(REPLAYED) - set(MASK_OPTIONS) <= set(params)  # mask knobs: only for masked edits
     back = parse_parameters(format_parameters(params))
     for option in OPTIONS:
         if option.metadata:

@@ -154,3 +154,20 @@ def test_callback_progress_and_cancel(tiny_editor, picture):
 def test_bad_options(tiny_editor, picture, kwargs, needle):
     with pytest.raises(BadOptions, match=needle.replace("(", r"\(")):
         tiny_editor.edit(picture, "x", **kwargs)
+
+
+@pytest.mark.parametrize("scheduler", ["euler_a", "ddim", "dpm++2m", "euler", "unipc", "lms", "pndm"])
+def test_preview_estimates_converge_to_the_result(tiny_editor, scheduler):
+    """The x0 estimate each step hands a live preview ends at the final latents and gets closer as
+    the steps go: the clean-estimate formula matches each scheduler's latent space."""
+    image = gradient_image(32, 24)
+    estimates, steps, ticks = [], [], []
+    result = tiny_editor.edit(image, "make it blue", steps=8, seed=5, scheduler=scheduler, callback=lambda d, t: ticks.append((d, t)),
+                              preview=lambda step, total, pictures: (estimates.append(np.asarray(pictures[0], float)),
+                                                                     steps.append((step, total))),
+                              preview_every=1)
+    final = np.asarray(result.image, float)
+    assert np.array_equal(estimates[-1], final) and steps[-1] == (8, 8) == ticks[-1]  # pndm: 9 scheduler steps
+    assert all(t == 8 and 0 < d <= 8 for d, t in ticks)
+    errors = [np.abs(e - final).mean() for e in estimates]
+    assert errors[-2] < errors[0] and errors[0] < 60  # a picture, not noise, even at the first step

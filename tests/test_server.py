@@ -151,7 +151,16 @@ def test_openai_client(server, photo, tiny_editor):
     assert not np.array_equal(np.asarray(pictures[0]), np.asarray(pictures[1]))  # seeds 3 and 4
     with pytest.raises(openai.BadRequestError, match="response_format 'url' is not supported"):
         api.images.edit(image=("p.png", photo, "image/png"), prompt="x", response_format="url")
-    with pytest.raises(openai.BadRequestError, match="mask is not supported"):
+    # OpenAI's mask convention: the fully transparent pixels of an RGBA PNG are the area to edit.
+    hole = Image.new("RGBA", (64, 32), (0, 0, 0, 255))
+    hole.paste((0, 0, 0, 0), (8, 8, 24, 24))
+    masked = api.images.edit(image=("p.png", photo, "image/png"), prompt="make it blue", mask=("m.png", png_bytes(hole)),
+                             response_format="b64_json", extra_body={"steps": 2, "seed": 3, "mask_feather": 0})
+    out, src = np.asarray(decode(masked.data[0].b64_json).convert("RGB")), np.asarray(Image.open(io.BytesIO(photo)))
+    keep = np.asarray(hole)[..., 3] > 0
+    assert np.array_equal(out[keep], src[keep]) and not np.array_equal(out[~keep], src[~keep])
+    assert masked.model_extra["params"][0]["mask"] == "image"
+    with pytest.raises(openai.BadRequestError, match="alpha channel"):
         api.images.edit(image=("p.png", photo, "image/png"), prompt="x", mask=("m.png", photo, "image/png"))
     with pytest.raises(openai.NotFoundError, match="not served here"):
         api.images.edit(image=("p.png", photo, "image/png"), prompt="x", model="dall-e-2")
@@ -254,7 +263,13 @@ def test_errors_follow_openai_shape_and_name_the_field_as_sent(client, photo):
     assert_error_shape(client.post("/v1/images/edits", files=tiny, data={"prompt": "x", "model": "dall-e-2"}),
                        404, "not_found_error", "model_not_found", "model")
     assert_error_shape(client.post("/v1/images/edits", files={**tiny, "mask": ("m.png", photo, "image/png")},
-                                   data={"prompt": "x"}), 400, "invalid_request_error", "unsupported", "mask")
+                                   data={"prompt": "x"}), 400, "invalid_request_error", "bad_image", "mask")
+    black = png_bytes(Image.new("L", (64, 32), 0))
+    assert_error_shape(client.post("/v1/edit", files={**tiny, "mask": ("m.png", black, "image/png")},
+                                   data={"instruction": "x"}), 400, "invalid_request_error", "bad_image", "mask")
+    assert_error_shape(client.post("/v1/edit", json={"image": base64.b64encode(photo).decode(), "instruction": "x",
+                                                     "mask": "not base64!"}),
+                       400, "invalid_request_error", "bad_image", "mask")
     assert_error_shape(client.get("/v1/nothing"), 404, "not_found_error", "unknown_endpoint")
     assert_error_shape(client.post("/v1/edit", content=b"x" * 300_000, headers={"content-type": "application/json"}),
                        413, "invalid_request_error", "request_too_large")
@@ -443,3 +458,23 @@ def test_sigterm_during_an_edit_exits_promptly_with_one_line(tiny_model_dir, pho
     assert code == 0 and took < 20, (code, took, log.read_text())
     assert len(lines) == 1 and "cancelled 1 running" in lines[0] and "worker pool closed" in lines[0], lines
     assert_error_shape(box["r"], 503, "server_error", "shutting_down")
+
+
+def test_native_mask_field_keeps_the_outside(client, photo):
+    box = Image.new("L", (64, 32), 0)
+    box.paste(255, (30, 4, 50, 28))
+    data = {**FAST, "instruction": "make it blue", "seed": "1", "mask_feather": "0"}
+    multipart = client.post("/v1/edit", files={"image": ("p.png", photo, "image/png"),
+                                               "mask": ("m.png", png_bytes(box), "image/png")}, data=data)
+    assert multipart.status_code == 200, multipart.text
+    as_json = client.post("/v1/edit", json={**data, "image": base64.b64encode(photo).decode(),
+                                            "mask": base64.b64encode(png_bytes(box)).decode()})
+    assert as_json.status_code == 200, as_json.text
+    outs = [np.asarray(decode(r.json()["images"][0]["b64_json"]).convert("RGB")) for r in (multipart, as_json)]
+    keep = np.asarray(box) == 0
+    src = np.asarray(Image.open(io.BytesIO(photo)).convert("RGB"))
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0][keep], src[keep])
+    auto = client.post("/v1/edit", json={**data, "image": base64.b64encode(photo).decode(), "mask": "auto",
+                                         "mask_threshold": 1})
+    assert auto.status_code == 200, auto.text
+    assert auto.json()["images"][0]["params"]["mask"] == "auto"

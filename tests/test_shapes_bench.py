@@ -105,3 +105,25 @@ def test_cli_bench_threads(tmp_path, capsys):
     capsys.readouterr()
     assert main(["bench", "shapes", "--threads", "0", "--out", str(tmp_path / "none")]) == 2
     assert "--threads must be at least 1" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
+def test_a_stopped_benchmark_resumes_without_editing_again(tmp_path):
+    n, out = 12, tmp_path / "report"
+    oracle = Oracle("perfect").prepare(n, 64)
+
+    def stop_at_5(done, total):
+        if done == 5:
+            raise Cancelled("stopped")
+
+    with pytest.raises(Cancelled):
+        run_benchmark(oracle, n=n, size=64, out_dir=out, callback=stop_at_5)
+    assert len(oracle.calls) == 5
+    with (out / "examples.jsonl").open("a") as log:
+        log.write('{"i": 5, "resu')  # a line torn by a kill
+    resumed = run_benchmark(oracle, n=n, size=64, out_dir=out)
+    assert len(oracle.calls) == 12  # the 5 finished examples were not edited again; the torn one was
+    fresh = run_benchmark(Oracle("perfect").prepare(n, 64), n=n, size=64, out_dir=tmp_path / "fresh")
+    assert resumed["rows"] == fresh["rows"] and resumed["examples"] == fresh["examples"]
+    assert (out / "grid.png").read_bytes() == (tmp_path / "fresh" / "grid.png").read_bytes()
+    with pytest.raises(BadOptions, match="holds another benchmark run"):
+        run_benchmark(Oracle("identity").prepare(n, 64), n=n, size=64, seed=1, out_dir=out)

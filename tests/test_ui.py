@@ -24,17 +24,20 @@ from ip2p.options import BY_NAME, EditOptions
 from ip2p.tiny import gradient_image
 from ip2p.ui import (
     IMAGE_LABEL,
+    MASK_MODES,
     TEXT_LABEL,
     Outcome,
     Scratch,
     StopFlags,
     again,
+    choose_mask,
     edit_many,
     edit_one,
     example_pictures,
     guidance_grid,
     history_view,
     make_options,
+    mask_from_brush,
     outcome_of,
     parse_scales,
     result_view,
@@ -174,6 +177,74 @@ def test_stop_cancels_at_the_next_step_and_the_editor_stays_usable(tiny_editor):
     flags.end("session", flag)
     assert not flags.stop("session")  # nothing running: nothing to stop
     assert edit_one(tiny_editor, gradient_image(64, 32), "make it blue", FAST).image.size == (64, 32)
+
+
+def test_live_previews_come_during_the_edit_and_end_at_the_result(tiny_editor):
+    previews = []
+    options = EditOptions(steps=10, seed=2, resolution=64).check()
+    result = edit_one(tiny_editor, gradient_image(64, 32), "make it blue", options, preview=previews.append)
+    assert len(previews) == 5  # every 2 of 10 steps
+    assert all(len(p) == 1 and p[0].size == (64, 32) for p in previews)
+    first, last = (np.asarray(p[0], dtype=float) for p in (previews[0], previews[-1]))
+    assert np.abs(first - last).mean() > 1  # the estimate sharpens as the steps go
+    assert np.array_equal(np.asarray(previews[-1][0]), np.asarray(result.image))  # the last one is the result
+    from ip2p.editor import Editor
+    from ip2p.tiny import build_tiny_components
+    from ip2p.ui import previews_by_default
+
+    assert previews_by_default(tiny_editor)  # 32 px, like the demo's 64: a decode costs next to nothing
+    assert not previews_by_default(Editor(build_tiny_components(seed=0, sample_size=256)))  # 256 px on a CPU
+
+
+def test_streamed_edit_yields_previews_then_the_result_and_a_stop_restores(tiny_editor):
+    gr = pytest.importorskip("gradio")
+    from ip2p.ui import _Handlers
+
+    h = _Handlers(gr, tiny_editor, FAST, None)
+    picture = gradient_image(64, 32)
+
+    def work(feed, show):
+        options = EditOptions(steps=4, seed=2, resolution=64).check()
+        result = edit_one(tiny_editor, picture, "make it blue", options, feed,
+                          preview=lambda images: show((picture, images[0])))
+        return (result.image, "done")
+
+    updates = list(h.stream(None, lambda *a, **k: None, work, 1, 0, restore="before"))
+    assert len(updates) == 1 + 4 // 1  # a preview every step at 4 steps, then the result
+    assert all(u[1] == gr.skip() and u[0][0] is picture for u in updates[:-1])
+    assert updates[-1][1] == "done"
+
+    def stopped(feed, show):
+        options = EditOptions(steps=6, seed=2, resolution=64).check()
+        flag_feed = feed
+        edit_one(tiny_editor, picture, "make it blue", options,
+                 lambda step, total: (step == 3 and h.stop(None)) or flag_feed(step, total),
+                 preview=lambda images: show((picture, images[0])))
+
+    updates = list(h.stream(None, lambda *a, **k: None, stopped, 1, 0, restore="before"))
+    assert updates[-1][0] == "before" and updates[-1][1].startswith("Stopped at step")
+
+
+def test_mask_panel_choices_and_a_painted_mask(tiny_editor):
+    picture = gradient_image(64, 32)
+    stroke = Image.new("RGBA", (64, 32), (0, 0, 0, 0))
+    stroke.paste((255, 51, 102, 255), (10, 5, 30, 20))
+    value = {"background": picture, "layers": [stroke], "composite": picture}
+    painted = mask_from_brush(value)
+    assert painted.shape == (32, 64) and painted.sum() == 20 * 15
+    assert choose_mask(MASK_MODES[0], value, "") is None
+    assert choose_mask(MASK_MODES[2], None, "") == "auto"
+    assert choose_mask(MASK_MODES[3], None, " the sky ") == "text:the sky"
+    with pytest.raises(BadOptions, match="paint the area"):
+        choose_mask(MASK_MODES[1], {"background": picture, "layers": []}, "")
+    with pytest.raises(BadOptions, match="describe the area"):
+        choose_mask(MASK_MODES[3], None, " ")
+    options = make_options(1.0, 1.0, 2, 3, False, "euler_a", 64, mask_feather=0.0)
+    result = edit_one(tiny_editor, picture, "make it blue", options, mask=choose_mask(MASK_MODES[1], value, ""))
+    keep = ~painted
+    assert np.array_equal(np.asarray(result.image)[keep], np.asarray(picture)[keep])
+    outcome = outcome_of(result, picture, Scratch())
+    assert np.array_equal(np.asarray(outcome.mask) > 127, painted)
 
 
 def test_broken_upload_is_one_ip2p_line_naming_the_file(tmp_path):
@@ -497,6 +568,41 @@ def test_browser_load_parameters_reset_reuse_seed_and_examples(ui):
     page.locator("#reuse-seed").click()  # ♻️: the shown result's seed, randomise off
     page.wait_for_function("!document.querySelector('#randomize input').checked", timeout=60_000)
     assert page.locator("#seed input").input_value() == str(seed)
+    page.close()
+
+
+@browser_test
+def test_browser_brush_mask_keeps_the_rest_and_previews_show_while_editing(ui):
+    page = ui.open()
+    _upload(page, ui.folder / "photo.png")
+    page.get_by_text("Mask: limit where it edits").click()
+    page.get_by_label("Painted area").check()
+    page.locator("#mask-brush button[aria-label=Brush]").click()
+    canvas = page.locator("#mask-brush canvas").last
+    canvas.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    box = canvas.bounding_box()
+    # One stroke across the left part of the picture (drawn on the canvas, which shows the picture).
+    page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.5, steps=8)
+    page.mouse.up()
+    page.wait_for_timeout(500)
+    assert _set_number(page, "mask-feather", 0) == "0"
+    assert page.locator("#live-preview input").is_checked()  # on by default for a small model
+    assert _set_number(page, "steps", 300) == "300"
+    page.locator("#instruction textarea").fill("make it blue")
+    page.locator("#edit-button").click()
+    # A live preview reaches the slider before the edit is done.
+    page.wait_for_function("document.querySelectorAll('#result-slider img').length >= 2", timeout=120_000)
+    assert "Edited in" not in page.locator("#status").inner_text()
+    page.wait_for_function("document.querySelector('#status').innerText.includes('Edited in')", timeout=300_000)
+    before, after = _slider_images(ui, page)
+    mask = ui.pixels(page, page.locator("#mask-used img").first.get_attribute("src"))[..., 0] > 127
+    assert 0 < mask.mean() < 0.5 and mask[:, 44:].sum() == 0  # the stroke only, on the left
+    assert np.array_equal(after[~mask], before[~mask])  # outside the painted area: the input's pixels
+    assert np.abs(after[mask] - before[mask]).mean() > 1
+    assert _download_params(ui, page)["mask"] == "image"
     page.close()
 
 

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import BadData, BadOptions, Cancelled, Ip2pError
+from .errors import BadData, BadOptions, Cancelled, Ip2pError, first_line
 from .options import MATCHED, EditOptions
 
 #: Files a folder walk picks up as inputs.
@@ -133,6 +133,37 @@ def read_table(path: Path) -> list[Item]:
     return items
 
 
+def read_parquet(path: Path) -> list[Item]:
+    """Items from a Parquet table, with the columns of :func:`read_table` (image paths relative to
+    it). A bad row (no image, image bytes instead of a path, a bad option) fails alone, named
+    ``table.parquet:row N`` (data rows counted from 1); a null or NaN cell means "not given"."""
+    import math
+
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise BadOptions(f"{path}: reading Parquet needs pyarrow: pip install 'ip2p[ray]'") from None
+    try:
+        table = pq.ParquetFile(path)
+        columns = table.schema_arrow.names
+        if not any(c in columns for c in IMAGE_COLUMNS):
+            raise BadData(f"{path}: no 'image' column (columns: {', '.join(columns) or 'none'})")
+        rows = [row for batch in table.iter_batches(batch_size=65_536) for row in batch.to_pylist()]
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise BadData(f"{path}: cannot read the Parquet table ({first_line(exc)})") from None
+    items: list[Item] = []
+    for number, row in enumerate(rows, start=1):
+        where = f"{path.name}:row {number}"
+        row = {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+        image = next((row[k] for k in IMAGE_COLUMNS if row.get(k) not in (None, "")), None)
+        if isinstance(image, bytes | bytearray | dict):
+            items.append(Item(path, PurePosixPath(f"{path.stem}-row{number}"),
+                              error=f"{where}: the image column holds image data; give image paths"))
+            continue
+        items.append(_row_item(path.parent, where, row))
+    return items
+
+
 def read_path_list(path: Path) -> list[Item]:
     """Items from a text file with one image path a line (blank lines and # comments ignored)."""
     try:
@@ -162,6 +193,8 @@ def collect_items(inputs: Sequence[str | Path], out_dir: Path) -> list[Item]:
             raise BadOptions(f"input {str(given)!r} does not exist")
         elif path.suffix.lower() in (".csv", ".jsonl"):
             items.extend(read_table(path))
+        elif path.suffix.lower() == ".parquet":
+            items.extend(read_parquet(path))
         elif path.suffix.lower() in (".txt", ".lst"):
             items.extend(read_path_list(path))
         else:
@@ -186,14 +219,25 @@ class Unit:
     digest: str = ""
     status: str = "pending"  # pending | skipped | failed | ok
     error: str | None = None
+    mask: Any = None  # a mask file, "auto" or "text:PHRASE" (ip2p.masks), or None
+    mask_digest: str = ""  # of a mask file, at the input's size
 
     def expected(self, k: int, model: str) -> dict[str, Any]:
-        """The parameters output ``k`` will carry, limited to :data:`MATCH_KEYS`."""
+        """The parameters output ``k`` will carry, limited to :data:`MATCH_KEYS` (and the mask's)."""
         opts = self.options
         assert opts is not None
         values = {name: getattr(opts, name) for name in MATCHED}
-        return {"instruction": self.instruction, **values, "seed": self.seeds[k], "model": model,
-                "input_sha256": self.digest}
+        record = {"instruction": self.instruction, **values, "seed": self.seeds[k], "model": model,
+                  "input_sha256": self.digest}
+        if self.mask is not None:
+            record.update(mask_feather=opts.mask_feather)
+            if self.mask_digest:
+                record.update(mask="image", mask_sha256=self.mask_digest)
+            elif self.mask == "auto":
+                record.update(mask="auto", mask_threshold=opts.mask_threshold, mask_dilation=opts.mask_dilation)
+            else:
+                record["mask"] = self.mask
+        return record
 
     def params_hash(self, model: str) -> str:
         blob = json.dumps([self.expected(k, model) for k in range(len(self.seeds))], sort_keys=True)
@@ -232,6 +276,9 @@ def plan(
     align_floor: int = 8,
     recommended: dict | None = None,
     native_resolution: int = 512,
+    mask: str | None = None,
+    mask_dir: Path | None = None,
+    inspect: bool = True,
 ) -> list[Unit]:
     """Check each item's options, compute its working size and decide whether it is already done.
 
@@ -239,10 +286,10 @@ def plan(
     overrides them. ``align_floor`` is the model's VAE factor (the editor aligns to at least it).
     ``recommended`` is the model's ip2p.json: it fills what neither gives. ``native_resolution``
     (the model's training size) is the working size when no resolution is given, as in the editor.
+    ``mask`` (one mask file, ``auto`` or ``text:PHRASE``) applies to every item; ``mask_dir`` holds one
+    mask per input, at the input's relative path (any image suffix). ``inspect`` False leaves the
+    reading of each input (:func:`inspect_unit`) to the caller: ``ip2p batch --ray`` spreads it.
     """
-    from .editor import pixel_digest
-    from .images import load_image, working_size
-
     suffix = FORMATS[fmt]
     units: list[Unit] = []
     claimed: dict[Path, str] = {}
@@ -270,15 +317,52 @@ def plan(
                 if path in claimed:
                     raise BadOptions(f"its output {path} is also the output of {claimed[path]}; rename one")
                 claimed[path] = str(item.source)
-            image = load_image(item.source)
-            unit.digest = pixel_digest(image)
-            unit.working = working_size(*image.size, resolution=opts.resolution, align=max(opts.align, align_floor))
         except Ip2pError as exc:
             unit.status, unit.error = "failed", str(exc)
             continue
-        if all(_same_params(p, unit.expected(k, model)) for k, p in enumerate(unit.outputs)):
-            unit.status = "skipped"
+        if inspect:
+            inspect_unit(unit, model=model, align_floor=align_floor, mask=mask, mask_dir=mask_dir)
     return units
+
+
+def inspect_unit(unit: Unit, *, model: str, align_floor: int = 8, mask: str | None = None,
+                 mask_dir: Path | None = None) -> Unit:
+    """Read a planned unit's input: its pixel digest, its mask, its working size, and whether its
+    outputs exist already with the same parameters (then it is ``skipped``); a problem marks it
+    ``failed``. Arguments as for :func:`plan`."""
+    from .editor import pixel_digest
+    from .images import load_image, working_size
+    from .masks import load_mask, mask_digest, parse_mask
+
+    if unit.status != "pending" or unit.options is None:
+        return unit
+    opts = unit.options
+    try:
+        image = load_image(unit.item.source)
+        unit.digest = pixel_digest(image)
+        unit.mask = _mask_for(unit.item, mask, mask_dir)
+        if unit.mask is not None and parse_mask(unit.mask).kind == "image":
+            unit.mask_digest = mask_digest(load_mask(unit.mask, image.size, str(unit.mask))[0])
+        unit.working = working_size(*image.size, resolution=opts.resolution, align=max(opts.align, align_floor))
+    except Ip2pError as exc:
+        unit.status, unit.error = "failed", str(exc)
+        return unit
+    if all(_same_params(p, unit.expected(k, model)) for k, p in enumerate(unit.outputs)):
+        unit.status = "skipped"
+    return unit
+
+
+def _mask_for(item: Item, mask: str | None, mask_dir: Path | None) -> Any:
+    """The mask of one input: its file in ``mask_dir`` (same relative path, any image suffix), else
+    the job's ``mask``."""
+    if mask_dir is None:
+        return mask
+    stem = mask_dir / Path(*item.rel.parts)
+    for candidate in [stem, *(stem.with_suffix(s) for s in IMAGE_SUFFIXES)]:
+        if candidate.is_file():
+            return str(candidate)
+    raise BadOptions(f"no mask for {item.rel} in {mask_dir} (looked for {stem.with_suffix('.png').name} and "
+                     "other image suffixes)")
 
 
 def group(units: Sequence[Unit], batch_size: int) -> list[list[Unit]]:
@@ -320,8 +404,13 @@ class Manifest:
 
     def record(self, unit: Unit, status: str, model: str, error: str | None = None, seconds: float | None = None):
         unit.status, unit.error = status, error
-        self.counts[status] += 1
-        entry = {
+        self.write(self.entry(unit, status, model, error, seconds))
+
+    @staticmethod
+    def entry(unit: Unit, status: str, model: str, error: str | None = None,
+              seconds: float | None = None) -> dict[str, Any]:
+        """The manifest line of one unit's outcome."""
+        return {
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
             "input": str(unit.item.source),
             "outputs": [str(p) for p in unit.outputs],
@@ -331,6 +420,10 @@ class Manifest:
             "error": error,
             "seconds": None if seconds is None else round(seconds, 3),
         }
+
+    def write(self, entry: dict[str, Any]) -> None:
+        """Append one line (made by :meth:`entry`, here or in a worker) and count its status."""
+        self.counts[entry["status"]] += 1
         self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -340,7 +433,7 @@ class Manifest:
 
 
 def _edit(editor, images, names, unit_seeds: list[list[int]], instruction: str, opts: EditOptions, callback,
-          batch_size: int):
+          batch_size: int, masks: list | None = None, segmenter: Any = None):
     """Edit a batch as one editor call; returns (images, params), one per output, in unit order.
 
     Each output's noise comes from its own seeded generator, so pixels do not depend on batching.
@@ -348,8 +441,18 @@ def _edit(editor, images, names, unit_seeds: list[list[int]], instruction: str, 
     flat = [s for seeds in unit_seeds for s in seeds]
     opts = dataclasses.replace(opts, seed=flat[0], num_images=len(unit_seeds[0]))
     result = editor.edit_with(images, instruction, opts, callback=callback, batch_size=batch_size,
-                              input_names=names, seeds=flat)
+                              input_names=names, seeds=flat,
+                              mask=masks if masks and any(m is not None for m in masks) else None,
+                              segmenter=segmenter)
     return result.images, result.params
+
+
+def _input_bytes(path: Path) -> bytes:
+    """An input file's own bytes: a signed output's ingredient (its manifest included)."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise BadData(f"{path}: cannot read it again to sign its edit ({exc.strerror or exc})") from None
 
 
 def run_units(
@@ -361,12 +464,16 @@ def run_units(
     batch_size: int = 4,
     stop: threading.Event | None = None,
     progress: Callable[[int], None] | None = None,
+    segmenter: Any = None,
+    signer: Any = None,
 ) -> bool:
     """Record planned outcomes, then edit every pending unit. Returns False when stopped early.
 
     ``progress(n)`` is told each time ``n`` more outputs are written (or skipped as failed).
+    ``signer`` (:class:`ip2p.provenance.C2paSigner`) signs each output, its input as ingredient.
     """
     from .images import load_image, save_image
+    from .provenance import sign_hook
 
     stop = stop or threading.Event()
     for unit in units:
@@ -397,7 +504,8 @@ def run_units(
         opts = ready[0].options
         try:
             pictures, params = _edit(editor, images, [str(u.item.source) for u in ready], [u.seeds for u in ready],
-                                     ready[0].instruction, opts, check_stop, batch_size)
+                                     ready[0].instruction, opts, check_stop, batch_size, [u.mask for u in ready],
+                                     segmenter)
         except Cancelled:
             return False
         except Ip2pError as exc:
@@ -408,8 +516,10 @@ def run_units(
         offset = 0
         for unit in ready:
             try:
+                ingredient = None if signer is None else _input_bytes(unit.item.source)
                 for k, path in enumerate(unit.outputs):
-                    save_image(pictures[offset + k], path, params[offset + k])
+                    sign = sign_hook(signer, params[offset + k], ingredient, path.name, unit.item.source.name)
+                    save_image(pictures[offset + k], path, params[offset + k], sign=sign)
                 manifest.record(unit, "ok", model, seconds=seconds)
             except Ip2pError as exc:
                 manifest.record(unit, "failed", model, str(exc))

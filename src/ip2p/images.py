@@ -22,7 +22,7 @@ import os
 import re
 import struct
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -508,9 +508,11 @@ def encode_image(image: Image.Image, fmt: str, params: Mapping[str, Any] | None 
 
 
 def save_image(image: Image.Image, path: str | os.PathLike, params: Mapping[str, Any] | None = None,
-               quality: int = 95) -> Path:
+               quality: int = 95, sign: Callable[[bytes, str], bytes] | None = None) -> Path:
     """Write ``image`` to ``path`` (format from the extension) with ``params`` embedded.
 
+    ``sign(data, fmt)``, when given, returns the encoded bytes with a C2PA manifest added
+    (:meth:`ip2p.provenance.C2paSigner.sign`); it runs before anything is written.
     Atomic: the bytes go to a temporary file in the same folder, which then replaces ``path``; on
     any failure the temporary file is removed and an existing ``path`` is left as it was.
     """
@@ -522,6 +524,8 @@ def save_image(image: Image.Image, path: str | os.PathLike, params: Mapping[str,
     if path.is_dir():
         raise BadOptions(f"{path}: is a folder, give a file name")
     data = encode_image(image, fmt, params, quality=quality)
+    if sign is not None:
+        data = sign(data, fmt)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

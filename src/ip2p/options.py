@@ -144,7 +144,23 @@ OPTIONS: tuple[Option, ...] = (
            "Align sides to", choices=(8, 64)),
     Option("keep_working_size", bool, False, "return the working size instead of the input's own size",
            "--keep-working-size", "Keep the working size"),
+    # On by default (ip2p.provenance): its flag turns it off; replay and resume carry the choice.
+    Option("watermark", bool, True, "invisible watermark (DWT-DCT: an ip2p tag and this edit's id) on outputs of "
+           "at least 256x256; --no-watermark leaves it out, and the parameters record that", "--no-watermark",
+           "Invisible watermark"),
+    # Mask knobs (ip2p.masks): recorded only for a masked edit; batch resume matches the mask digest.
+    Option("mask_feather", int, 3, "with a mask: pixels outside it over which the edit fades into the input "
+           "(beyond them the input's pixels are kept exactly)", "--mask-feather", "Mask feather (px)",
+           lo=0, hi=256, matched=False),
+    Option("mask_threshold", float, 12.0, "with --mask auto: the colour change (CIE76 delta E) a first pass "
+           "must make for a pixel to count as edited", "--mask-threshold", "Auto mask: change threshold (ΔE)",
+           lo=0.5, hi=100.0, matched=False),
+    Option("mask_dilation", int, 3, "with --mask auto: grow the changed area by this many pixels",
+           "--mask-dilation", "Auto mask: growth (px)", lo=0, hi=256, matched=False),
 )
+
+#: Options that only mean something for a masked edit.
+MASK_OPTIONS = ("mask_feather", "mask_threshold", "mask_dilation")
 
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 #: Alias -> canonical name, so that every surface accepts the same words.

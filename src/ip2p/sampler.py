@@ -11,8 +11,13 @@ exactly the unconditional branches the model was trained with (5 % dropout each)
 All branches go through the UNet as one batch per step. When s_I == 1 the formula needs only
 (full, image-only), and when s_I == s_T == 1 only the full pass, so fewer rows are computed.
 Conditioning tensors are concatenated once, before the loop. Random numbers come from one CPU
-generator per output image, so an image is the same whether it was made alone or in a batch,
-on any device.
+generator per output image, so an image gets the same noise whether it is made alone or in a
+batch, on any device. (Its pixels then agree up to float rounding: CPU and GPU kernels choose
+their algorithm by batch shape, which can move a pixel by 1/255.)
+
+Two hooks keep the loop one function: a :class:`LatentBlend` pins the latent outside a mask to the
+source (Blended Latent Diffusion), and ``preview`` receives the step's estimate of the clean latent
+(what a live preview decodes).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import torch
 from .options import SCHEDULERS, normalise_scheduler
 
 StepCallback = Callable[[int, int], None]
+#: ``preview(step, total, x0)``: the current estimate of the final latents, after each step.
+PreviewCallback = Callable[[int, int, torch.Tensor], None]
 
 
 def _scheduler_factory(name: str):
@@ -124,6 +131,47 @@ class Conditioning:
     image: torch.Tensor
 
 
+@dataclass
+class LatentBlend:
+    """Keep the latent outside a mask on the source's path (Avrahami et al. 2023, Blended Latent
+    Diffusion): after every step, where ``keep`` is 1 the latent becomes ``source`` noised to the
+    level of the next step (with the run's own initial noise), and after the last step ``source``
+    itself. Inside the mask the model edits freely and sees a context that matches the input.
+
+    ``keep`` is (B, 1, h, w) in [0, 1]; ``source`` is (B, C, h, w), scaled as the loop's latents.
+    """
+
+    keep: torch.Tensor
+    source: torch.Tensor
+
+    def apply(self, scheduler, latents: torch.Tensor, noise: torch.Tensor, next_t) -> torch.Tensor:
+        source = self.source.to(latents.device, latents.dtype)
+        if next_t is not None:
+            # Sigma schedulers read the level from their step index (already the next step's);
+            # alpha schedulers read it from the timestep passed.
+            times = next_t.reshape(1).expand(source.shape[0])
+            source = scheduler.add_noise(source, noise, times)
+        keep = self.keep.to(latents.device, latents.dtype)
+        return latents * (1 - keep) + source * keep
+
+
+def clean_estimate(scheduler, sample_in: torch.Tensor, out: torch.Tensor, t) -> torch.Tensor:
+    """x0 from the guided model output: ``sample_in`` is the scaled model input (variance-preserving
+    space, x_t = sqrt(a) x0 + sqrt(1 - a) eps), ``a`` the cumulative alpha of this step."""
+    kind = scheduler.config.get("prediction_type", "epsilon")
+    if kind == "sample":
+        return out
+    sigmas, index = getattr(scheduler, "sigmas", None), getattr(scheduler, "step_index", None)
+    if sigmas is not None and index is not None:
+        alpha = 1.0 / (1.0 + float(sigmas[index]) ** 2)
+    else:
+        alpha = float(scheduler.alphas_cumprod[int(t)])
+    a, b = alpha ** 0.5, (1.0 - alpha) ** 0.5
+    if kind == "v_prediction":
+        return a * sample_in - b * out
+    return (sample_in - b * out) / a
+
+
 def initial_noise(shape, generators: list[torch.Generator], device, dtype) -> torch.Tensor:
     """Per-image CPU noise, moved to ``device``: identical on every device for the same seeds."""
     from diffusers.utils.torch_utils import randn_tensor
@@ -142,10 +190,13 @@ def denoise(
     generators: list[torch.Generator],
     latent_channels: int = 4,
     callback: StepCallback | None = None,
+    blend: LatentBlend | None = None,
+    preview: PreviewCallback | None = None,
 ) -> torch.Tensor:
     """Run the reverse process and return the final latents (scaled, as the VAE expects x / sf).
 
-    ``cond.image`` has one row per output image. ``generators`` has one entry per row.
+    ``cond.image`` has one row per output image, and so may ``cond.text`` (one instruction per row:
+    requests batched together); a single text row is shared. ``generators`` has one entry per row.
     """
     device, dtype = cond.image.device, unet.dtype
     batch = cond.image.shape[0]
@@ -154,7 +205,8 @@ def denoise(
     timesteps = scheduler.timesteps
 
     shape = (batch, latent_channels, *cond.image.shape[-2:])
-    latents = initial_noise(shape, generators, device, dtype) * scheduler.init_noise_sigma
+    noise = initial_noise(shape, generators, device, dtype)
+    latents = noise * scheduler.init_noise_sigma
 
     # Conditioning for the fused batch, built once: rows are [full, image-only, uncond][:rows].
     text = cond.text.to(device=device, dtype=dtype).expand(batch, -1, -1)
@@ -172,8 +224,8 @@ def denoise(
 
     total = len(timesteps)
     for i, t in enumerate(timesteps):
-        model_in = scheduler.scale_model_input(torch.cat([latents] * rows), t)
-        model_in = torch.cat([model_in, image_rows], dim=1)
+        sample_in = scheduler.scale_model_input(latents, t)
+        model_in = torch.cat([torch.cat([sample_in] * rows), image_rows], dim=1)
         out = unet(model_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
         if rows == 3:
             e_full, e_image, e_uncond = out.chunk(3)
@@ -183,7 +235,15 @@ def denoise(
             eps = e_image + text_scale * (e_full - e_image)
         else:
             eps = out
+        if preview is not None:
+            estimate = clean_estimate(scheduler, sample_in, eps, t)
+            if blend is not None:
+                estimate = blend.apply(scheduler, estimate, noise, None)
         latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+        if blend is not None:
+            latents = blend.apply(scheduler, latents, noise, timesteps[i + 1] if i + 1 < total else None)
+        if preview is not None:
+            preview(i + 1, total, latents if i + 1 == total else estimate)
         if callback is not None:
             callback(i + 1, total)
     return latents

@@ -62,6 +62,19 @@ class ServerSettings:
     ui: bool = True
     time_limit: float | None = 600.0  # seconds a request may take once read, waiting included; None: no limit
     shutdown_grace: float = 5.0  # seconds running edits may go on after SIGTERM/SIGINT before they are cancelled
+    max_video_frames: int = 48  # frames per POST /v1/video (a 413 past it)
+    max_video_pixels: int = 48 * 512 * 512  # all frames of one video together (a 413 past it)
+    c2pa_cert: str | None = None  # PEM chain: outputs get signed C2PA content credentials (ip2p.provenance)
+    c2pa_key: str | None = None
+    #: request batching: unmasked requests that can share a UNet batch (Editor.batch_key) run as one,
+    #: up to this many output images. 1 (off) by default: on this project's CPUs it measured no gain
+    #: (docs/serving.md), and a batched result may differ from the same request alone by float
+    #: rounding unless exact_batches pads every batch (which a lone request then pays for)
+    max_batch: int = 1
+    batch_wait_ms: float = 10.0  # how long a first request waits for others to join it (an idle device)
+    #: run every shared batch at max_batch outputs (padded), so that no output's bits depend on its
+    #: neighbours; off, they may differ by float rounding (kernels choose by batch shape)
+    exact_batches: bool = False
 
 
 class QueueFull(Ip2pError):
@@ -167,10 +180,16 @@ class EditQueue:
     its next denoising step, so nothing starts behind it on a busy device.
     """
 
-    def __init__(self, concurrency: int = 1, max_waiting: int = 64):
+    def __init__(self, concurrency: int = 1, max_waiting: int = 64, max_batch: int = 1, batch_wait: float = 0.0):
         if concurrency < 1 or max_waiting < 0:
             raise BadOptions("concurrency must be >= 1 and the queue size >= 0")
+        if max_batch < 1 or not 0 <= batch_wait <= 10:
+            raise BadOptions("max_batch must be >= 1 and the batch wait between 0 and 10 s")
         self.concurrency, self.max_waiting = concurrency, max_waiting
+        self.max_batch, self.batch_wait = max_batch, batch_wait
+        self.batches = self.batched = 0  # editor calls run_batched made, and the requests they served
+        self._groups: dict[Any, _Group] = {}  # the open group of each batch key
+        self._dispatchers: set[asyncio.Task] = set()
         self.waiting = self.running = self.done = self.rejected = 0
         self.cancelled = self.timed_out = self.disconnected = 0
         self.jobs: dict[str, Job] = {}  # waiting or running requests, by id
@@ -202,12 +221,7 @@ class EditQueue:
 
     async def run(self, fn, job: Job | None = None):
         """Run ``fn()`` in a worker thread once a slot is free; QueueFull when the line is full."""
-        if self.closing:
-            raise ShuttingDown("the server is shutting down; retry when it is back")
-        if self.waiting >= self.max_waiting and self._slots.locked():
-            self.rejected += 1
-            wait = self.retry_after()
-            raise QueueFull(f"server busy: {self.running} running and {self.waiting} waiting; retry in {wait} s", wait)
+        self._admit()
         self.waiting += 1
         try:
             await self._slots.acquire()
@@ -243,10 +257,124 @@ class EditQueue:
         waited.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even when nobody awaits
         return await asyncio.shield(waited)  # a handler that stops waiting does not free the slot
 
+    def _admit(self) -> None:
+        """Refuse a new request when the server is stopping or the wait line is full (429)."""
+        if self.closing:
+            raise ShuttingDown("the server is shutting down; retry when it is back")
+        if self.waiting >= self.max_waiting and self._slots.locked():
+            self.rejected += 1
+            wait = self.retry_after()
+            raise QueueFull(f"server busy: {self.running} running and {self.waiting} waiting; retry in {wait} s", wait)
+
+    async def run_batched(self, key: Any, item: Any, job: Job, run_many, outputs: int = 1):
+        """Like :meth:`run`, for a request that may share one editor call with others of the same ``key``.
+
+        It joins the open group of its key (or opens one). A group waits up to ``batch_wait`` seconds
+        for company (less once it holds ``max_batch`` outputs), then for a slot, taking in whoever comes
+        meanwhile, and runs ``run_many(items, jobs)`` in a worker thread; that returns one result (or
+        exception) per item, and this call returns its own. Limits, 429, counts and cancelling stay per
+        request: a request cancelled while it waits leaves its group; a running group stops at its next
+        denoising step only once all its requests are cancelled (the others' results must not change).
+        """
+        self._admit()
+        loop = asyncio.get_running_loop()
+        self.waiting += 1
+        group = self._groups.get(key)
+        if group is None or group.outputs + outputs > self.max_batch:
+            group = self._groups[key] = _Group(key)
+            task = asyncio.ensure_future(self._dispatch(group, run_many))
+            self._dispatchers.add(task)
+            task.add_done_callback(self._dispatchers.discard)
+        member = _Member(job, item, loop.create_future(), outputs)
+        member.future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved if nobody awaits
+        group.members.append(member)
+        group.outputs += outputs
+        if group.outputs >= self.max_batch:
+            group.full.set()
+        try:
+            return await asyncio.shield(member.future)
+        except asyncio.CancelledError:
+            if member in group.members:  # still waiting: leave the group and the line
+                group.members.remove(member)
+                group.outputs -= outputs
+                self.waiting -= 1
+            raise
+
+    async def _dispatch(self, group: "_Group", run_many) -> None:
+        """Wait for company and a slot, then run ``group`` in a worker thread and hand out the results."""
+        loop = asyncio.get_running_loop()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(group.full.wait(), self.batch_wait)
+            await self._slots.acquire()
+        except asyncio.CancelledError:  # the queue closed
+            self._fail(group.members, ShuttingDown("the server is shutting down; retry when it is back"))
+            raise
+        if self._groups.get(group.key) is group:
+            del self._groups[group.key]
+        members, group.members = group.members, []  # taken: from here on they are running
+        self.waiting -= len(members)
+        for member in members:
+            if member.job.reason:
+                member.future.set_exception(member.job.error())
+        live = [m for m in members if not m.job.reason]
+        future = None
+        if self.closing:
+            self._fail(live, ShuttingDown("the server is shutting down; retry when it is back"))
+        elif live:
+            try:
+                future = self._pool.submit(run_many, [m.item for m in live], [m.job for m in live])
+            except RuntimeError:  # the pool was closed
+                self._fail(live, ShuttingDown("the server is shutting down; retry when it is back"))
+        if future is None:
+            self._slots.release()
+            return
+        jobs = [m.job for m in live]
+        started = time.perf_counter()
+        self.running += len(live)
+        self.batches += 1
+        self.batched += len(live)
+        for job in jobs:
+            job.started = True
+
+        def account() -> None:  # the slot stays taken until the worker thread is really done
+            elapsed = time.perf_counter() - started
+            self.running -= len(live)
+            for job in jobs:
+                if not job.reason:
+                    self.done += 1
+                    self._durations.append(elapsed / len(live))
+            self._slots.release()
+
+        def finished(_future) -> None:  # in the worker thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the process is exiting
+                loop.call_soon_threadsafe(account)
+
+        future.add_done_callback(finished)
+        try:
+            results = await asyncio.shield(asyncio.wrap_future(future))
+        except asyncio.CancelledError:
+            self._fail(live, ShuttingDown("the server is shutting down; retry when it is back"))
+            raise
+        except Exception as exc:  # the whole call failed (all cancelled, out of memory, ...)
+            results = [exc] * len(live)
+        for member, result in zip(live, results, strict=True):
+            if isinstance(result, BaseException):
+                member.future.set_exception(result)
+            else:
+                member.future.set_result(result)
+
+    @staticmethod
+    def _fail(members: list["_Member"], error: Exception) -> None:
+        for member in members:
+            if not member.future.done():
+                member.future.set_exception(error)
+
     def stats(self) -> dict[str, int]:
         return {"running": self.running, "waiting": self.waiting, "max_waiting": self.max_waiting,
                 "concurrency": self.concurrency, "done": self.done, "rejected": self.rejected,
-                "cancelled": self.cancelled, "timed_out": self.timed_out, "disconnected": self.disconnected}
+                "cancelled": self.cancelled, "timed_out": self.timed_out, "disconnected": self.disconnected,
+                "max_batch": self.max_batch, "batches": self.batches, "batched": self.batched}
 
     def begin_shutdown(self, grace: float = 0.0) -> None:
         """Stop taking edits; cancel waiting ones now and running ones after ``grace`` seconds.
@@ -276,7 +404,30 @@ class EditQueue:
     def close(self) -> None:
         self.closing = True
         self._cancel_all()
+        for task in list(self._dispatchers):
+            with contextlib.suppress(RuntimeError):  # its loop is closed already
+                task.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class _Member:
+    """One request in a group of :meth:`EditQueue.run_batched`."""
+
+    job: Job
+    item: Any
+    future: asyncio.Future
+    outputs: int
+
+
+@dataclass
+class _Group:
+    """Requests of one batch key that will share an editor call."""
+
+    key: Any
+    members: list[_Member] = dataclasses.field(default_factory=list)
+    outputs: int = 0
+    full: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -477,15 +628,39 @@ async def _upload_bytes(form, *names: str) -> list[bytes]:
     return files
 
 
-def _decode_b64(text: Any) -> bytes:
+def _decode_b64(text: Any, name: str = "image") -> bytes:
     if not isinstance(text, str) or not text:
-        raise BadImage("'image' must be a base64 string (or a data: URL)", param="image")
+        raise BadImage(f"'{name}' must be a base64 string (or a data: URL)", param=name)
     if text.startswith("data:"):
         text = text.partition(",")[2]
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise BadImage("'image' is not valid base64", param="image") from None
+        raise BadImage(f"'{name}' is not valid base64", param=name) from None
+
+
+def _is_mask_spec(text: str) -> bool:
+    return text.strip().lower() == "auto" or text.strip().lower().startswith("text:")
+
+
+def _request_mask(mask: Any, size: tuple[int, int], alpha: bool):
+    """A request's mask, checked: None, "auto" / "text:PHRASE", or image bytes read as a boolean
+    array (native: white = editable; OpenAI: the transparent pixels are)."""
+    from .masks import load_mask, mask_from_alpha, parse_mask
+
+    if mask is None or (isinstance(mask, str) and not mask.strip()):
+        return None
+    try:
+        if isinstance(mask, str):
+            if not _is_mask_spec(mask):
+                raise BadOptions("mask must be an image file, 'auto' or 'text:PHRASE'", param="mask")
+            return parse_mask(mask)
+        if not isinstance(mask, bytes | bytearray) or not mask:
+            raise BadImage("mask must be an image (a file upload, or base64 in JSON)", param="mask")
+        return (mask_from_alpha if alpha else load_mask)(bytes(mask), size, "mask")[0]
+    except (BadImage, BadOptions) as exc:
+        exc.param = "mask"
+        raise
 
 
 def _parse_size(size: Any) -> dict[str, Any]:
@@ -786,15 +961,146 @@ def _install_service_routes(app, editor, queue: EditQueue, model_id: str, key_40
         raise StarletteHTTPException(404)
 
 
+def _install_verify_route(app, settings: ServerSettings, key_401: tuple) -> None:
+    """``POST /v1/verify``: :func:`ip2p.provenance.verify` on an uploaded file (multipart ``file``
+    or ``image``, or JSON with base64 ``image``), in a worker thread: decoding a large picture's
+    watermark takes a while, and the event loop must not wait on it."""
+    from fastapi import Request
+
+    from .images import load_image
+    from .provenance import verify
+
+    schema = {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+            "file": {"type": "string", "format": "binary", "description": "the image to check"}}}},
+        "application/json": {"schema": {"type": "object", "required": ["image"], "properties": {
+            "image": {"type": "string", "description": "base64"}}}}}}}
+
+    @app.post("/v1/verify", summary="watermark, C2PA credentials and ip2p parameters of an image",
+              openapi_extra=schema, responses=_error_responses(400, *key_401, 413, 422))
+    async def verify_route(request: Request):
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "application/json":
+            try:
+                body = json.loads(await request.body())
+            except ValueError:
+                raise BadOptions("request body is not valid JSON") from None
+            if not isinstance(body, dict) or "image" not in body:
+                raise BadImage("no image: send 'image' as a base64 string", param="image")
+            data = _decode_b64(body["image"])
+        elif kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            form = await _read_form(request)
+            files = await _upload_bytes(form, "file", "image")
+            if len(files) != 1:
+                raise BadImage("send one image as the multipart file field 'file'", param="file")
+            data = files[0]
+        else:
+            raise Unsupported(f"content type {kind or '(none)'!r}: send multipart/form-data or application/json")
+
+        def work():
+            load_image(data, max_pixels=settings.max_pixels)  # 400/413 as for an edit
+            return verify(data, "upload")
+
+        report = await asyncio.to_thread(work)
+        return {"object": "verification", **report}
+
+
+#: Video request fields that are not edit options (:class:`ip2p.video_edit.VideoOptions`, the range).
+_VIDEO_FIELDS = ("consistency", "every", "start", "end", "format")
+
+
+def _install_video_route(app, editor, queue: EditQueue, settings: ServerSettings, model_id: str,
+                         key_401: tuple) -> None:
+    """``POST /v1/video``: one instruction over a short video (mp4/webm/mov/mkv, GIF or WebP; multipart
+    field ``video``, or JSON with base64 ``video``), through :meth:`ip2p.editor.Editor.edit_video`.
+    Frames past ``max_video_frames`` or pixels past ``max_video_pixels`` get 413 before queueing."""
+    from fastapi import Request
+
+    schema = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["video", "instruction"], "properties": {
+            "video": {"type": "string", "format": "binary"}, "instruction": {"type": "string"},
+            "consistency": {"type": "string", "enum": ["naive", "noise", "attention", "attention+previous", "blend"]},
+            "every": {"type": "integer", "minimum": 1}, "start": {"type": "number"}, "end": {"type": "number"},
+            "format": {"type": "string", "enum": ["mp4", "webm", "gif", "webp"]},
+            **{o.name: o.schema() for o in OPTIONS if o.name != "num_images"}}}}}}}
+
+    @app.post("/v1/video", summary="edit every frame of a short video with one instruction", openapi_extra=schema,
+              responses=_error_responses(400, *key_401, 409, 413, 422, 429, 503, 504))
+    async def video_edit(request: Request):
+        from .video import ReadLimits, Video, read_video, video_bytes
+        from .video_edit import VideoOptions
+
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "application/json":
+            try:
+                fields = json.loads(await request.body())
+            except ValueError:
+                raise BadOptions("request body is not valid JSON") from None
+            if not isinstance(fields, dict) or "video" not in fields:
+                raise BadImage("no video: send 'video' as a base64 string", param="video")
+            data = _decode_b64(fields.pop("video"), "video")
+        elif kind == "multipart/form-data":
+            form = await _read_form(request)
+            files = await _upload_bytes(form, "video")
+            if len(files) != 1:
+                raise BadImage("send one video as the multipart file field 'video'", param="video")
+            data, fields = files[0], {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        else:
+            raise Unsupported(f"content type {kind or '(none)'!r}: send multipart/form-data or application/json")
+        instruction = fields.pop("instruction", fields.pop("prompt", None))
+        if instruction is None:
+            raise BadOptions("instruction is missing: say what to change, for example 'make it winter'",
+                             param="instruction")
+        check_instruction(instruction)
+        extra = {name: fields.pop(name) for name in _VIDEO_FIELDS if name in fields}
+        fmt = str(extra.get("format") or "mp4").lower()
+        if fmt not in ("mp4", "webm", "gif", "webp"):
+            raise BadOptions(f"format must be one of mp4, webm, gif, webp, got {fmt!r}", param="format")
+        try:
+            every = int(extra.get("every", 1))
+            limits = ReadLimits(start=float(extra.get("start", 0)), max_frames=settings.max_video_frames,
+                                end=None if extra.get("end") in (None, "") else float(extra["end"]),
+                                max_pixels=settings.max_pixels, max_total_pixels=settings.max_video_pixels)
+        except (TypeError, ValueError):
+            raise BadOptions("every must be an integer and start / end numbers (seconds)") from None
+        video_options = VideoOptions.preset(str(extra.get("consistency", "blend")), every=every)
+        opts = _options(fields, settings, editor.recommended)
+        try:
+            source = await asyncio.to_thread(read_video, data, limits, name="video")  # 400/413 before queueing
+        except (BadImage, BadOptions) as exc:
+            exc.param = getattr(exc, "param", None) or "video"
+            raise
+        job = Job(request_id(request), settings.time_limit)
+        queue.register(job)
+
+        def work():
+            job.check()
+            result = editor.edit_video(source.frames, instruction, opts, video=video_options, callback=job.check)
+            params = {**result.params, "model": model_id}
+            edited = Video(result.frames, source.fps, source.durations, source.audio)
+            return result, params, base64.b64encode(video_bytes(edited, fmt, params)).decode()
+
+        try:
+            result, params, b64 = await supervise_edit(request, job, queue.run(work, job))
+        finally:
+            queue.unregister(job)
+        width, height = result.frames[0].size
+        return {"created": int(time.time()), "model": model_id, "params": params, "report": result.report,
+                "video": {"b64_json": b64, "format": fmt, "frames": len(result.frames), "fps": float(source.fps),
+                          "width": width, "height": height}}
+
+
 def create_app(editor, settings: ServerSettings | None = None):
     """The FastAPI app serving ``editor``; wrap it in uvicorn (``ip2p serve`` does)."""
     from fastapi import FastAPI, Request
 
     from .images import encode_image, load_image
+    from .provenance import signer_from
     from .version import __version__
 
     settings = settings or ServerSettings()
-    queue = EditQueue(settings.concurrency, settings.max_queue)
+    signer = signer_from(settings.c2pa_cert, settings.c2pa_key, env={}, flags=("c2pa_cert", "c2pa_key"))
+    queue = EditQueue(settings.concurrency, settings.max_queue, settings.max_batch, settings.batch_wait_ms / 1000)
     model_id = public_model_id(editor.model_name)
     scrub = _path_scrubber(model_id, editor.model_name, getattr(editor.components, "source", ""))
     key_401 = (401,) if settings.api_key else ()
@@ -817,7 +1123,7 @@ def create_app(editor, settings: ServerSettings | None = None):
     _install_error_handlers(app, scrub)
 
     async def run_edit(request, image_bytes: bytes, instruction: Any, opts: EditOptions, fmt: str,
-                       spelled: str = "instruction"):
+                       spelled: str = "instruction", mask: Any = None, alpha_mask: bool = False):
         if instruction is None:
             raise BadOptions(f"{spelled} is missing: say what to change, for example 'make it winter'", param=spelled)
         check_instruction(instruction, spelled)
@@ -826,30 +1132,57 @@ def create_app(editor, settings: ServerSettings | None = None):
         except BadImage as exc:
             exc.param = getattr(exc, "param", None) or "image"
             raise
+        mask = _request_mask(mask, image.size, alpha_mask)  # a bad mask is a 400 before queueing too
+        key = editor.batch_key(image, opts) if mask is None and queue.max_batch > 1 else None
         job = Job(request_id(request), settings.time_limit)
         queue.register(job)
 
         def work():
             job.check()
-            result = editor.edit_with([image], instruction, opts, callback=job.check)
+            return finish(editor.edit_with([image], instruction, opts, callback=job.check, mask=mask))
+
+        def finish(result):
             outputs = []
             for picture, params in zip(result.images, result.params, strict=True):
                 params = {**params, "model": model_id}  # the model's name, never its path on this machine
-                outputs.append((base64.b64encode(encode_image(picture, fmt, params)).decode(), params, picture.size))
+                data = encode_image(picture, fmt, params)
+                if signer is not None:  # the upload is the ingredient, its own manifest kept
+                    data = signer.sign(data, fmt, params, image_bytes, f"output.{fmt}", "input")
+                outputs.append((base64.b64encode(data).decode(), params, picture.size))
             return outputs
 
+        waiting = (queue.run(work, job) if key is None else
+                   queue.run_batched(key, (image, instruction, opts, finish), job, run_batch, opts.num_images))
         try:
-            return await supervise_edit(request, job, queue.run(work, job))
+            return await supervise_edit(request, job, waiting)
         finally:
             queue.unregister(job)
+
+    def run_batch(items, jobs: list[Job]) -> list:
+        """One editor call for a group of requests (``EditQueue.run_batched``): their results, or the
+        exception of one whose output could not be encoded. It stops once every request is cancelled."""
+        def check(step: int = 0, total: int = 0) -> None:
+            if all(job.reason for job in jobs):
+                raise Cancelled(f"requests {', '.join(job.id for job in jobs)} were cancelled")
+
+        check()
+        results = editor.edit_batch([item[:3] for item in items], callback=check, batch_size=settings.max_batch,
+                                    pad_to=settings.max_batch if settings.exact_batches else None)
+        answers: list = []
+        for (*_, finish), result in zip(items, results, strict=True):
+            try:
+                answers.append(finish(result))
+            except Exception as exc:  # noqa: BLE001 - that request's own failure, not its neighbours'
+                answers.append(exc)
+        return answers
 
     @app.post("/v1/images/edits", summary="OpenAI-compatible image edit", openapi_extra=_edit_schema(True, editor.recommended),
               responses=_error_responses(400, *key_401, 404, 409, 413, 422, 429, 503, 504))
     async def openai_edit(request: Request):
         form = await _read_form(request)
-        if form.getlist("mask"):
-            raise Unsupported("mask is not supported: InstructPix2Pix edits the whole image from the prompt",
-                              param="mask")
+        masks = await _upload_bytes(form, "mask")
+        if len(masks) > 1:
+            raise Unsupported(f"one mask per request, got {len(masks)}", param="mask")
         images = await _upload_bytes(form, "image", "image[]")
         if not images:
             raise BadImage("no image: send the image as the multipart file field 'image'", param="image")
@@ -879,7 +1212,8 @@ def create_app(editor, settings: ServerSettings | None = None):
             if size not in (None, "", "auto") and getattr(exc, "param", None) in ("resolution", "keep_working_size"):
                 exc.param = "size"
             raise
-        outputs = await run_edit(request, images[0], prompt, opts, fmt, spelled="prompt")
+        outputs = await run_edit(request, images[0], prompt, opts, fmt, spelled="prompt",
+                                 mask=masks[0] if masks else None, alpha_mask=True)
         width, height = outputs[0][2]
         return {"created": int(time.time()), "data": [{"b64_json": b64, "revised_prompt": None} for b64, _, _ in outputs],
                 "output_format": fmt, "size": f"{width}x{height}", "params": [p for _, p, _ in outputs]}
@@ -899,6 +1233,9 @@ def create_app(editor, settings: ServerSettings | None = None):
             if "image" not in body:
                 raise BadImage("no image: send 'image' as a base64 string", param="image")
             image = _decode_b64(body.pop("image"))
+            mask = body.pop("mask", None)
+            if isinstance(mask, str) and not _is_mask_spec(mask):
+                mask = _decode_b64(mask, "mask")
             fields = body
         elif kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
             form = await _read_form(request)
@@ -908,7 +1245,11 @@ def create_app(editor, settings: ServerSettings | None = None):
             if len(files) > 1:
                 raise Unsupported(f"one image per request, got {len(files)}", param="image")
             image = files[0]
+            mask_files = [v for v in form.getlist("mask") if not isinstance(v, str)]
+            if len(form.getlist("mask")) > 1:
+                raise Unsupported("one mask per request", param="mask")
             fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+            mask = await mask_files[0].read() if mask_files else fields.pop("mask", None)
         else:
             raise Unsupported(f"content type {kind or '(none)'!r}: send multipart/form-data or application/json")
         spelled = "instruction" if "instruction" in fields or "prompt" not in fields else "prompt"
@@ -917,10 +1258,12 @@ def create_app(editor, settings: ServerSettings | None = None):
             instruction = fields.pop("prompt", None)
         fmt = _format(fields.pop("format", "png"))
         opts = _options(fields, settings, editor.recommended)
-        outputs = await run_edit(request, image, instruction, opts, fmt, spelled=spelled)
+        outputs = await run_edit(request, image, instruction, opts, fmt, spelled=spelled, mask=mask)
         return {"created": int(time.time()), "model": model_id,
                 "images": [{"b64_json": b64, "format": fmt, "params": params} for b64, params, _ in outputs]}
 
+    _install_verify_route(app, settings, key_401)
+    _install_video_route(app, editor, queue, settings, model_id, key_401)
     _install_service_routes(app, editor, queue, model_id, key_401)
 
     if settings.ui:

@@ -15,6 +15,7 @@ Handlers are plain functions (``edit_one``, ``edit_many``, ``guidance_grid``, ``
 only lays out panels and wires them to these functions.
 """
 
+import contextlib
 import dataclasses
 import os
 import tempfile
@@ -26,10 +27,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import BadImage, BadOptions, Cancelled, Ip2pError
-from .options import BY_NAME, OPTIONS, SCHEDULERS, EditOptions
+from .options import BY_NAME, MASK_OPTIONS, OPTIONS, SCHEDULERS, EditOptions
 
 DEFAULT_PORT = 7860
 #: How errors name each option: the label its control shows.
@@ -70,15 +72,23 @@ def starting_values(editor, defaults: EditOptions | None = None) -> EditOptions:
 
 
 def make_options(text_cfg, image_cfg, steps, seed, randomize, scheduler, resolution, num_images=1,
-                 negative_prompt="", limits: Mapping[str, float] | None = None) -> EditOptions:
+                 negative_prompt="", limits: Mapping[str, float] | None = None, watermark: bool = True,
+                 **mask_knobs) -> EditOptions:
     """Checked options from the controls' values (a random seed when asked, recorded in the result).
-    Errors name the control by its label ("Steps must be between 1 and 1000, got 5000")."""
+    Errors name the control by its label ("Steps must be between 1 and 1000, got 5000").
+    ``mask_knobs`` are the ``mask_*`` options (feather, threshold, dilation); ``watermark`` is the
+    UI's starting value (``ip2p ui --no-watermark``)."""
     seed_value = None if randomize or seed in (None, "") else seed
     if isinstance(seed_value, float) and seed_value.is_integer():
         seed_value = int(seed_value)
     values = {"guidance_scale": text_cfg, "image_guidance_scale": image_cfg, "steps": steps, "seed": seed_value,
               "scheduler": scheduler, "resolution": resolution, "num_images": num_images,
-              "negative_prompt": negative_prompt or ""}
+              "negative_prompt": negative_prompt or "", "watermark": watermark}
+    for name, value in mask_knobs.items():
+        if name not in MASK_OPTIONS:
+            raise TypeError(f"make_options() got an unexpected keyword argument {name!r}")
+        values[name] = int(value) if BY_NAME[name].kind is int and isinstance(value, float) and value.is_integer() \
+            else value
     return EditOptions.from_mapping(values, spelled=SPELLED).check(limits=limits)
 
 
@@ -92,8 +102,9 @@ def control_range(name: str, limits: Mapping[str, float] | None = None) -> tuple
 class Scratch:
     """A private folder for files offered as downloads; files older than ``max_age`` are pruned."""
 
-    def __init__(self, max_age: float = 3600.0):
+    def __init__(self, max_age: float = 3600.0, signer: Any = None):
         self._dir = tempfile.TemporaryDirectory(prefix="ip2p-ui-")
+        self.signer = signer  # an ip2p.provenance.C2paSigner: downloads carry content credentials
         self.path = Path(self._dir.name)
         self.max_age = max_age
         self._count = 0
@@ -108,12 +119,17 @@ class Scratch:
             self._count += 1
             return self.path / f"{stem}-{self._count:04d}{suffix}"
 
-    def save(self, image: Image.Image, params: dict[str, Any], stem: str = "edit") -> str:
+    def save(self, image: Image.Image, params: dict[str, Any], stem: str = "edit",
+             ingredient: bytes | None = None) -> str:
+        """``image`` as a PNG carrying ``params``; signed with ``ingredient`` (the input file's bytes)
+        as its parent when the UI has a C2PA signer and an ingredient is given."""
         from .images import save_image
+        from .provenance import sign_hook
 
         seed = params.get("seed")
         path = self._name(stem, (f"-s{seed}" if seed is not None else "") + ".png")
-        return str(save_image(image, path, params))
+        signer = self.signer if ingredient is not None else None
+        return str(save_image(image, path, params, sign=sign_hook(signer, params, ingredient, path.name)))
 
     def zip(self, paths: Sequence[str], stem: str = "gallery") -> str:
         """One zip of ``paths`` (stored flat, by file name): a gallery's download."""
@@ -134,11 +150,62 @@ def _check_instruction(instruction: str) -> str:
     return instruction.strip()
 
 
-def edit_one(editor, image, instruction: str, options: EditOptions, progress: Progress | None = None):
-    """Edit one picture; returns the EditResult. Errors are Ip2pError one-liners."""
+def edit_one(editor, image, instruction: str, options: EditOptions, progress: Progress | None = None,
+             mask: Any = None, preview: Callable[[list[Image.Image]], None] | None = None):
+    """Edit one picture; returns the EditResult. Errors are Ip2pError one-liners. ``mask`` limits
+    the edit (see :func:`choose_mask`); ``preview`` receives live estimates (:func:`preview_every`)."""
     if image is None:
         raise BadOptions("upload or paste an image first")
-    return editor.edit_with([image], _check_instruction(instruction), options, callback=progress)
+    on_preview = None if preview is None else (lambda step, total, images: preview(images))
+    return editor.edit_with([image], _check_instruction(instruction), options, callback=progress, mask=mask,
+                            preview=on_preview, preview_every=preview_every(options.steps))
+
+
+def previews_by_default(editor) -> bool:
+    """Live previews start on where a decode is cheap: on an accelerator, or for a small model (the
+    demo's exact autoencoder at 64 px); on a CPU with a full-size VAE each one costs about a step."""
+    return editor.device.type != "cpu" or editor.native_resolution <= 128
+
+
+def preview_every(steps: int) -> int:
+    """Decode a live preview about five times an edit: each costs a VAE decode."""
+    return max(1, steps // 5)
+
+
+#: The mask panel's choices: where an edit may change the picture.
+MASK_MODES = ("Everywhere", "Painted area", "Where a first pass changed it", "Described area")
+
+
+def mask_from_brush(value: Any) -> Any:
+    """The painted strokes of a ``gr.ImageEditor`` value (any layer's opaque pixels), or None."""
+    import numpy as np
+
+    layers = (value or {}).get("layers") or [] if isinstance(value, dict) else []
+    painted = None
+    for layer in layers:
+        if layer is None:
+            continue
+        alpha = np.asarray(layer.convert("RGBA"))[..., 3] > 0
+        painted = alpha if painted is None else painted | alpha
+    return painted if painted is not None and painted.any() else None
+
+
+def choose_mask(mode: str, brush: Any, phrase: str) -> Any:
+    """What :meth:`Editor.edit` gets as ``mask`` for the mask panel's state, or a one-line error."""
+    if mode in (None, "", MASK_MODES[0]):
+        return None
+    if mode == MASK_MODES[1]:
+        painted = mask_from_brush(brush)
+        if painted is None:
+            raise BadOptions("paint the area to edit on the picture first (or choose Everywhere)", param="Mask")
+        return painted
+    if mode == MASK_MODES[2]:
+        return "auto"
+    if mode == MASK_MODES[3]:
+        if not (phrase or "").strip():
+            raise BadOptions("describe the area to edit, e.g. 'the sky'", param="Area to edit")
+        return f"text:{phrase.strip()}"
+    raise BadOptions(f"unknown mask choice {mode!r}", param="Mask")
 
 
 def load_named(path: str | os.PathLike, name: str | None = None) -> Image.Image:
@@ -296,17 +363,42 @@ class Outcome:
     outputs: tuple[tuple[Image.Image, dict[str, Any], str], ...] = ()
     index: int = 0
     zip_path: str | None = None
+    masks: tuple[Any, ...] = ()  # per output, the mask it was limited to (white = edited), or None
+
+    @property
+    def mask(self) -> Image.Image | None:
+        """The chosen output's mask as a picture, for the Result tab."""
+        from .masks import mask_image
+
+        area = self.masks[self.index] if self.index < len(self.masks) else None
+        return None if area is None else mask_image(area)
 
     @property
     def chosen(self) -> tuple[Image.Image, dict[str, Any], str] | None:
         return self.outputs[self.index] if self.outputs else None
 
 
-def outcome_of(result, image, scratch: Scratch) -> Outcome:
-    """The Outcome of an EditResult: every output saved as a PNG carrying its parameters."""
-    files = [scratch.save(p, params) for p, params in zip(result.images, result.params, strict=True)]
+def ingredient_of(image, previous: Outcome | None) -> bytes:
+    """What a signed output names as its parent: the previous output's own signed file when
+    ``image`` is that output (an "edit again", so the chain goes on), else ``image`` as a PNG."""
+    from .images import encode_image
+
+    chosen = previous.chosen if previous is not None else None
+    if chosen is not None and np.array_equal(np.asarray(chosen[0].convert("RGB")), np.asarray(image.convert("RGB"))):
+        with contextlib.suppress(OSError):
+            return Path(chosen[2]).read_bytes()
+    return encode_image(image.convert("RGB"), "png")
+
+
+def outcome_of(result, image, scratch: Scratch, previous: Outcome | None = None) -> Outcome:
+    """The Outcome of an EditResult: every output saved as a PNG carrying its parameters (and, with
+    a signer, content credentials whose parent is ``image``, see :func:`ingredient_of`)."""
+    ingredient = ingredient_of(image, previous) if scratch.signer is not None else None
+    files = [scratch.save(p, params, ingredient=ingredient) for p, params in zip(result.images, result.params,
+                                                                                 strict=True)]
     outputs = tuple(zip(result.images, result.params, files, strict=True))
-    return Outcome(image, outputs, 0, scratch.zip(files, "variations") if len(files) > 1 else None)
+    return Outcome(image, outputs, 0, scratch.zip(files, "variations") if len(files) > 1 else None,
+                   tuple(result.masks))
 
 
 def result_view(outcome: Outcome) -> tuple[Any, Any, Any, list, Any]:
@@ -443,7 +535,7 @@ def _slider(gr, name: str, value, step, limits, info: str, **kwargs):
     return gr.Slider(lo, hi, value=value, step=step, label=SPELLED[name], info=f"{info} ({lo:g}-{hi:g})", **kwargs)
 
 
-def _settings_panel(gr, d: EditOptions, limits):
+def _settings_panel(gr, d: EditOptions, limits, live: bool = False):
     """The Settings accordion: one control per edit option, plus randomise / reuse seed and reset."""
     c = SimpleNamespace()
     with gr.Accordion("Settings", open=True):
@@ -464,11 +556,13 @@ def _settings_panel(gr, d: EditOptions, limits):
                                elem_id="resolution")
         c.num_images = _slider(gr, "num_images", d.num_images, 1, limits, "outputs per edit, seeds seed, seed+1, ...",
                                elem_id="num-images")
+        c.live = gr.Checkbox(value=live, label="Live preview", info="show the picture forming every few steps "
+                             "(each preview costs a decode)", elem_id="live-preview")
         c.reset = gr.Button("Reset settings to defaults", size="sm", elem_id="reset-button")
     return c
 
 
-def _input_panel(gr, d: EditOptions, limits):
+def _input_panel(gr, d: EditOptions, limits, live: bool = False):
     """The left column: picture, instruction, negative prompt, examples, settings, Edit and Stop."""
     p = SimpleNamespace()
     p.source = _image_input(gr, label="Your picture", sources=["upload", "clipboard"], format="png", height=320,
@@ -482,7 +576,8 @@ def _input_panel(gr, d: EditOptions, limits):
                     cache_examples=False, examples_per_page=8)
     gr.Examples([[text] for text in EXAMPLE_INSTRUCTIONS], inputs=[p.instruction], label="Example instructions",
                 cache_examples=False)
-    p.settings = _settings_panel(gr, d, limits)
+    p.settings = _settings_panel(gr, d, limits, live)
+    p.mask = _mask_panel(gr, d, limits)
     with gr.Row():
         p.run = gr.Button("Edit", variant="primary", elem_id="edit-button", scale=3)
         p.stop = gr.Button("Stop", variant="stop", elem_id="stop-button", scale=1)
@@ -490,10 +585,33 @@ def _input_panel(gr, d: EditOptions, limits):
     return p
 
 
+def _mask_panel(gr, d: EditOptions, limits):
+    """The Mask accordion: where the edit may act, and outside it the picture stays exactly as it is."""
+    m = SimpleNamespace()
+    with gr.Accordion("Mask: limit where it edits", open=False):
+        m.mode = gr.Radio(list(MASK_MODES), value=MASK_MODES[0], label="Where to edit", elem_id="mask-mode",
+                          info="outside the area, your picture's pixels are kept exactly")
+        m.brush = gr.ImageEditor(type="pil", label="Paint the area to edit", sources=(), transforms=(), layers=False,
+                                 brush=gr.Brush(colors=["#ff3366"], color_mode="fixed", default_size=6),
+                                 format="png", height=320, elem_id="mask-brush")
+        m.phrase = gr.Textbox(label="Area to edit", placeholder="the sky (needs a CLIPSeg model)", lines=1,
+                              elem_id="mask-phrase")
+        m.feather = _slider(gr, "mask_feather", d.mask_feather, 1, limits, "fade band outside the area, pixels",
+                            elem_id="mask-feather")
+        m.threshold = _slider(gr, "mask_threshold", d.mask_threshold, 0.5, limits,
+                              "automatic mask: colour change that counts", elem_id="mask-threshold")
+        m.dilation = _slider(gr, "mask_dilation", d.mask_dilation, 1, limits, "automatic mask: grow by, pixels",
+                             elem_id="mask-dilation")
+    return m
+
+
 def _result_tab(gr):
     r = SimpleNamespace()
     with gr.Tab("Result"):
-        r.compare = gr.ImageSlider(label="Before / after", type="pil", format="png", elem_id="result-slider")
+        r.compare = gr.ImageSlider(label="Before / after (a live preview while it edits)", type="pil",
+                                   format="png", elem_id="result-slider")
+        r.mask = gr.Image(label="Mask used (white = edited)", type="pil", format="png", interactive=False,
+                          visible=False, height=160, elem_id="mask-used")
         r.variations = gr.Gallery(label="Variations (click to choose)", columns=4, visible=False, format="png",
                                   elem_id="variations")
         with gr.Row():
@@ -545,14 +663,46 @@ def _load_tab(gr):
 class _Handlers:
     """What the events share: the editor, the starting values, limits, downloads and stop flags."""
 
-    def __init__(self, gr, editor, defaults: EditOptions, limits):
+    def __init__(self, gr, editor, defaults: EditOptions, limits, signer: Any = None):
         self.gr, self.editor, self.defaults, self.limits = gr, editor, defaults, limits
-        self.scratch = Scratch()
+        self.scratch = Scratch(signer=signer)
         self.stops = StopFlags()
 
-    def options(self, text_cfg, image_cfg, steps, seed, randomize, scheduler, resolution, negative, num_images=1):
+    def options(self, text_cfg, image_cfg, steps, seed, randomize, scheduler, resolution, negative, num_images=1,
+                **mask_knobs):
         return make_options(text_cfg, image_cfg, steps, seed, randomize, scheduler, resolution, num_images, negative,
-                            self.limits)
+                            self.limits, self.defaults.watermark, **mask_knobs)
+
+    def stream(self, request, progress, work, skipped: int, slot: int, restore: Any = None):
+        """:meth:`run` with live previews: ``work(feed, show)`` runs in a thread, and every
+        ``show(update)`` is yielded at output ``slot`` (the others skipped) until the result comes.
+        A stopped or failed run puts ``restore`` (what the slot showed before) back."""
+        import queue
+
+        shown: queue.Queue = queue.Queue()
+        outcome: dict[str, Any] = {}
+
+        def target():
+            try:
+                outcome["value"] = self.run(request, progress, lambda feed: work(feed, shown.put), skipped)
+            except BaseException as exc:  # re-raised in the generator, where Gradio sees it
+                outcome["error"] = exc
+            finally:
+                shown.put(None)
+
+        threading.Thread(target=target, daemon=True, name="ip2p-ui-edit").start()
+        previewed = False
+        while (update := shown.get()) is not None:
+            previewed = True
+            yield tuple(update if i == slot else self.gr.skip() for i in range(skipped + 1))
+        if "error" in outcome:
+            if previewed:
+                yield tuple(restore if i == slot else self.gr.skip() for i in range(skipped + 1))
+            raise outcome["error"]
+        value = outcome["value"]
+        if previewed and value[slot] == self.gr.skip():  # stopped: no half-done picture stays
+            value = (*value[:slot], restore, *value[slot + 1:])
+        yield value
 
     def run(self, request, progress, work, skipped: int):
         """``work(step_callback)`` for one browser session, stoppable: a user error becomes a
@@ -576,31 +726,38 @@ class _Handlers:
         return "Stopping at the next step..." if stopping else "Nothing to stop."
 
     def result_updates(self, outcome: Outcome) -> tuple:
-        """The Result tab's (slider, parameters, download, variations, zip) for ``outcome``."""
+        """The Result tab's (slider, parameters, download, variations, zip, mask) for ``outcome``."""
         pair, params, path, gallery, zip_path = result_view(outcome)
+        mask = outcome.mask
         return (pair, params, path, self.gr.update(value=gallery, visible=bool(gallery)),
-                self.gr.update(value=zip_path, visible=zip_path is not None))
+                self.gr.update(value=zip_path, visible=zip_path is not None),
+                self.gr.update(value=mask, visible=mask is not None))
 
 
 def _wire_edit(gr, h: _Handlers, ui):
     """Edit (button or Enter), Stop, and choosing a variation. Progress shows once, on the result."""
-    p, s, r = ui.input, ui.input.settings, ui.result
+    p, s, r, m = ui.input, ui.input.settings, ui.result, ui.input.mask
     inputs = [p.source, p.instruction, s.text_cfg, s.image_cfg, s.steps, s.seed, s.randomize, s.scheduler,
-              s.resolution, p.negative, s.num_images]
-    outputs = [r.compare, r.params, r.download, r.variations, r.zip, s.seed, ui.outcome, p.status]
+              s.resolution, p.negative, s.num_images, m.mode, m.brush, m.phrase, m.feather, m.threshold, m.dilation,
+              s.live, ui.outcome]
+    outputs = [r.compare, r.params, r.download, r.variations, r.zip, r.mask, s.seed, ui.outcome, p.status]
 
     def on_edit(image, instruction, text_cfg, image_cfg, steps, seed, randomize, scheduler, resolution, negative,
-                num_images, request: gr.Request, progress=gr.Progress()):
-        def work(feed):
+                num_images, mask_mode, brush, phrase, feather, threshold, dilation, live, previous: Outcome,
+                request: gr.Request, progress=gr.Progress()):
+        def work(feed, show):
             options = h.options(text_cfg, image_cfg, steps, seed, randomize, scheduler, resolution, negative,
-                                num_images)
+                                num_images, mask_feather=feather, mask_threshold=threshold, mask_dilation=dilation)
+            mask = choose_mask(mask_mode, brush, phrase)
             started = time.monotonic()
-            outcome = outcome_of(edit_one(h.editor, image, instruction, options, feed), image, h.scratch)
+            result = edit_one(h.editor, image, instruction, options, feed, mask=mask,
+                              preview=(lambda pictures: show((image, pictures[0]))) if live else None)
+            outcome = outcome_of(result, image, h.scratch, previous)
             seed_used = outcome.chosen[1]["seed"]
             note = f"Edited in {time.monotonic() - started:.1f} s (seed {seed_used})."
             return (*h.result_updates(outcome), seed_used, outcome, note)
 
-        return h.run(request, progress, work, len(outputs) - 1)
+        yield from h.stream(request, progress, work, len(outputs) - 1, 0, restore=result_view(previous)[0])
 
     def on_stop(request: gr.Request):
         return h.stop(request)
@@ -609,13 +766,16 @@ def _wire_edit(gr, h: _Handlers, ui):
         if not outcome.outputs:
             return gr.skip()
         chosen = dataclasses.replace(outcome, index=event.index)
-        return (*h.result_updates(chosen)[:3], chosen.chosen[1]["seed"], chosen)
+        updates = h.result_updates(chosen)
+        return (*updates[:3], updates[5], chosen.chosen[1]["seed"], chosen)
 
     for trigger in (p.run.click, p.instruction.submit):
         trigger(on_edit, inputs, outputs, show_progress_on=[r.compare], concurrency_id=EDITOR_QUEUE)
     p.stop.click(on_stop, None, [p.status], concurrency_limit=None, show_progress="hidden")
-    r.variations.select(on_select, [ui.outcome], [r.compare, r.params, r.download, s.seed, ui.outcome],
+    r.variations.select(on_select, [ui.outcome], [r.compare, r.params, r.download, r.mask, s.seed, ui.outcome],
                         show_progress="hidden")
+    # The brush paints over the current picture.
+    p.source.change(lambda image: image, [p.source], [m.brush], show_progress="hidden")
 
 
 def _wire_history(gr, h: _Handlers, ui):
@@ -639,8 +799,8 @@ def _wire_history(gr, h: _Handlers, ui):
 
     r.again.click(on_again, [p.source, ui.outcome, ui.history], [p.source, ui.history, r.past, r.undo],
                   show_progress="hidden")
-    r.undo.click(on_undo, [ui.history], [p.source, r.compare, r.params, r.download, r.variations, r.zip, ui.outcome,
-                                         ui.history, r.past, r.undo], show_progress="hidden")
+    r.undo.click(on_undo, [ui.history], [p.source, r.compare, r.params, r.download, r.variations, r.zip, r.mask,
+                                         ui.outcome, ui.history, r.past, r.undo], show_progress="hidden")
 
 
 def _wire_settings(gr, h: _Handlers, ui):
@@ -726,22 +886,27 @@ def _wire_grid(gr, h: _Handlers, ui):
                 show_progress_on=[g.image], concurrency_id=EDITOR_QUEUE)
 
 
-def build_ui(editor, defaults: EditOptions | None = None, limits: Mapping[str, float] | None = None):
+def build_ui(editor, defaults: EditOptions | None = None, limits: Mapping[str, float] | None = None,
+             signer: Any = None):
     """The Gradio Blocks app for ``editor``. ``defaults`` sets the controls' starting (and Reset)
     values; ``limits`` lowers upper bounds (``{"num_images": 4, "resolution": 1024}``, as a server's)."""
+    from .ui_video import video_tab, wire_video
+
     gr = require_gradio()
-    h = _Handlers(gr, editor, starting_values(editor, defaults), limits)
+    h = _Handlers(gr, editor, starting_values(editor, defaults), limits, signer)
     with gr.Blocks(title="ip2p: edit images with instructions", analytics_enabled=False,
                    delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"## ip2p — edit a picture by saying what to change\nModel: `{editor.model_name}`")
         ui = SimpleNamespace(outcome=gr.State(Outcome()), history=gr.State([]))
         with gr.Row():
             with gr.Column(scale=1):
-                ui.input = _input_panel(gr, h.defaults, limits)
+                ui.input = _input_panel(gr, h.defaults, limits, previews_by_default(editor))
             with gr.Column(scale=1), gr.Tabs():
                 ui.result, ui.many, ui.grid, ui.load = _result_tab(gr), _many_tab(gr), _grid_tab(gr), _load_tab(gr)
+                ui.video = video_tab(gr)
         for wire in (_wire_edit, _wire_history, _wire_settings, _wire_many, _wire_grid):
             wire(gr, h, ui)
+        wire_video(gr, h, ui, EDITOR_QUEUE)
     demo.queue(default_concurrency_limit=1)
     return demo
 
@@ -761,5 +926,12 @@ def mount_ui(app, editor, path: str = "/", defaults: EditOptions | None = None,
     gr = require_gradio()
     settings = getattr(getattr(app, "state", None), "settings", None)
     if limits is None and settings is not None:
-        limits = {"num_images": settings.max_images, "resolution": settings.max_resolution}
-    return gr.mount_gradio_app(app, build_ui(editor, defaults, limits), path=path, theme=theme(), footer_links=[])
+        limits = {"num_images": settings.max_images, "resolution": settings.max_resolution,
+                  "video_frames": settings.max_video_frames, "video_pixels": settings.max_video_pixels}
+    signer = None
+    if settings is not None and getattr(settings, "c2pa_cert", None):
+        from .provenance import signer_from
+
+        signer = signer_from(settings.c2pa_cert, settings.c2pa_key, env={}, flags=("c2pa_cert", "c2pa_key"))
+    return gr.mount_gradio_app(app, build_ui(editor, defaults, limits, signer), path=path, theme=theme(),
+                               footer_links=[])

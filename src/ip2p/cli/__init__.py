@@ -19,13 +19,16 @@ from .common import apply_threads
 #: Modules that add sub-commands (each has ``register(subparsers)``), in --help order.
 COMMAND_MODULES = (
     "ip2p.cli.edit",
+    "ip2p.cli.video",
     "ip2p.cli.convert",
     "ip2p.cli.batch",
+    "ip2p.cli.verify",
     "ip2p.cli.serve",
     "ip2p.cli.ui",
     "ip2p.cli.train",
     "ip2p.cli.shapes",
     "ip2p.cli.datagen",
+    "ip2p.cli.eval",
 )
 
 

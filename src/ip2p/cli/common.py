@@ -21,12 +21,23 @@ def add_edit_options(p: argparse.ArgumentParser, only: tuple[str, ...] | None = 
             continue
         flags = (option.flag, *option.flag_aliases)
         text = (helps or {}).get(option.name, option.help)
-        if option.kind is bool:
-            g.add_argument(*flags, dest=option.name, action="store_true", default=None, help=text)
+        if option.kind is bool:  # a flag turns a switch away from its default (--no-watermark)
+            action = "store_false" if option.default is True else "store_true"
+            g.add_argument(*flags, dest=option.name, action=action, default=None, help=text)
             continue
         kind = {int: int, float: float}.get(option.kind, str)
         g.add_argument(*flags, dest=option.name, type=kind, default=None, help=text,
                        choices=option.choices if option.kind is int and option.choices else None)
+
+
+def add_mask_options(p: argparse.ArgumentParser) -> None:
+    """``--mask`` and ``--segmenter`` (see :mod:`ip2p.masks`); the mask knobs are edit options."""
+    g = p.add_argument_group("mask")
+    g.add_argument("--mask", default=None, help="where the edit may act: a mask image (white = editable; outside it "
+                                                "the input's pixels are kept exactly), 'auto' (from where a first "
+                                                "pass changed the picture) or 'text:PHRASE' (a segmenter's mask)")
+    g.add_argument("--segmenter", default=None, help="CLIPSeg hub id or folder for --mask text:... "
+                                                     "(default CIDAS/clipseg-rd64-refined, downloaded by you)")
 
 
 def add_model_options(p: argparse.ArgumentParser, modes: bool = True) -> None:
@@ -116,3 +127,18 @@ class ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def add_c2pa_options(p: argparse.ArgumentParser) -> None:
+    """``--c2pa-cert`` and ``--c2pa-key``: sign outputs with C2PA content credentials (docs/provenance.md)."""
+    g = p.add_argument_group("content credentials (C2PA)")
+    g.add_argument("--c2pa-cert", metavar="CERT", help="PEM certificate chain (signing certificate first, then its "
+                                                       "intermediates); default $IP2P_C2PA_CERT; none: nothing signed")
+    g.add_argument("--c2pa-key", metavar="KEY", help="PEM private key of that certificate (default $IP2P_C2PA_KEY)")
+
+
+def signer_for(args):
+    """The checked C2PA signer the flags (or environment) name, or None: checked before any model work."""
+    from ..provenance import signer_from
+
+    return signer_from(getattr(args, "c2pa_cert", None), getattr(args, "c2pa_key", None))

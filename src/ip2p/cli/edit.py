@@ -5,13 +5,23 @@ Parsing and printing only; the work is :class:`ip2p.editor.Editor` and :mod:`ip2
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
 
 from ..errors import BadImage, BadOptions
 from ..options import REPLAYED, check_instruction
-from .common import ProgressBar, add_edit_options, add_model_options, load_editor_for, options_from_args
+from .common import (
+    ProgressBar,
+    add_c2pa_options,
+    add_edit_options,
+    add_mask_options,
+    add_model_options,
+    load_editor_for,
+    options_from_args,
+    signer_for,
+)
 
 # ------------------------------------------------------------------------------------------------
 # ip2p edit
@@ -28,6 +38,7 @@ def _output_paths(output: str, seeds: list[int]) -> list[str]:
 def run_edit(args) -> int:
     from ..editor import pixel_digest
     from ..images import encode_image, load_image, read_params, save_image
+    from ..provenance import sign_hook
 
     base: dict = {}
     instruction = args.instruction
@@ -57,27 +68,78 @@ def run_edit(args) -> int:
         if suffix not in (".png", ".jpg", ".jpeg", ".webp"):
             raise BadOptions(f"output {args.output!r} must end in .png, .jpg, .jpeg or .webp")
 
-    image = load_image(sys.stdin.buffer.read() if source == "-" else source)
+    raw = sys.stdin.buffer.read() if source == "-" else None
+    image = load_image(raw if raw is not None else source)
+    signer = signer_for(args)  # a bad certificate fails here, before any model work
     if args.replay and base and "input_sha256" in recorded and recorded["input_sha256"] != pixel_digest(image):
         raise BadImage(f"{source} is not the input {args.replay} was made from (its pixels differ)")
+    mask = args.mask
+    if args.replay:
+        mask = _replayed_mask(args, recorded, image.size)
+    if args.save_mask and mask is None:
+        raise BadOptions("--save-mask needs --mask", param="--save-mask")
 
     editor = load_editor_for(args)
     bar = ProgressBar(not args.quiet)
     try:
         result = editor.edit_with([image], instruction, options, callback=bar, batch_size=args.batch_size,
-                                  input_names=[str(source) if source != "-" else ""])
+                                  input_names=[str(source) if source != "-" else ""], mask=mask,
+                                  segmenter=args.segmenter)
     finally:
         bar.close()
+    if args.replay and recorded.get("mask_sha256") not in (None, result.params[0].get("mask_sha256")):
+        raise BadImage(f"the replayed mask differs from the one {args.replay} was made with (digest "
+                       f"{result.params[0].get('mask_sha256')} instead of {recorded['mask_sha256']})")
+    notes = {p["mask_note"] for p in result.params if "mask_note" in p}
+    for note in sorted(notes):
+        if not args.quiet:
+            print(f"note: {note}", file=sys.stderr)
+    if args.save_mask:
+        _save_mask(args.save_mask, result.masks[0])
+    ingredient = None if signer is None else raw if raw is not None else Path(source).read_bytes()
+    named = "stdin" if source == "-" else Path(source).name
     for path, picture, params in zip(_output_paths(args.output, [p["seed"] for p in result.params]), result.images,
                                      result.params, strict=True):
+        sign = sign_hook(signer, params, ingredient, "stdout" if path == "-" else Path(path).name, named)
         if path == "-":
-            sys.stdout.buffer.write(encode_image(picture, args.format, params))
+            data = encode_image(picture, args.format, params)
+            sys.stdout.buffer.write(data if sign is None else sign(data, args.format))
             sys.stdout.buffer.flush()
         else:
-            save_image(picture, path, params)
+            save_image(picture, path, params, sign=sign)
             if not args.quiet:
                 print(f"wrote {path} (seed {params['seed']})", file=sys.stderr)
     return 0
+
+
+def _replayed_mask(args, recorded: dict, size: tuple[int, int]):
+    """The mask a replay uses: the recorded kind (auto, text:...) or, for a mask image, ``--mask``
+    checked against the recorded digest."""
+    from ..masks import load_mask, mask_digest
+
+    kind = recorded.get("mask")
+    if kind is None:
+        return args.mask
+    if kind != "image":
+        if args.segmenter is None and recorded.get("segmenter"):
+            args.segmenter = recorded["segmenter"]
+        return args.mask or kind
+    if args.mask is None:
+        raise BadOptions(f"{args.replay} was made with a mask image: give it again with --mask", param="--mask")
+    mask, _ = load_mask(args.mask, size, "--mask")
+    if mask_digest(mask) != recorded.get("mask_sha256"):
+        raise BadImage(f"{args.mask} is not the mask {args.replay} was made with (its pixels differ)")
+    return args.mask
+
+
+def _save_mask(path: str, area) -> None:
+    """Write the mask an edit used (for ``auto`` and ``text:``, the one it computed) as a PNG."""
+    from .. import masks as M
+    from ..files import write_atomic
+
+    data = io.BytesIO()
+    M.mask_image(area).save(data, format="PNG")
+    write_atomic(Path(path), data.getvalue())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -143,8 +205,11 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", help="output .png/.jpg/.webp, or - for stdout")
     p.add_argument("--format", default="png", choices=("png", "jpeg", "webp"), help="format when writing to stdout")
     p.add_argument("--replay", metavar="FILE", help="re-run the edit recorded in FILE's metadata")
+    add_mask_options(p)
+    p.add_argument("--save-mask", metavar="PNG", help="also write the mask the edit used (white = edited)")
     add_edit_options(p)
     add_model_options(p)
+    add_c2pa_options(p)
     p.add_argument("--batch-size", type=int, default=4, help="images per UNet batch")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes on stderr")
     p.set_defaults(func=run_edit)

@@ -1,4 +1,5 @@
-"""``ip2p shapes make|show`` and ``ip2p bench shapes``: thin front ends over the shapes library."""
+"""``ip2p shapes make|show|video`` and ``ip2p bench shapes|video``: thin front ends over the shapes library
+(the video ones live in :mod:`ip2p.cli.video`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 
 from ..errors import BadOptions
 from .common import add_edit_options, add_model_options, load_editor_for, options_from_args
+from .video import register_bench_video, register_shapes_video
 
 #: The edit options the benchmark takes (the rest are fixed by the benchmark itself).
 BENCH_OPTIONS = ("steps", "guidance_scale", "image_guidance_scale", "scheduler")
@@ -37,6 +39,7 @@ def register(subparsers) -> None:
     show.add_argument("--kind", default=None, help="edit kind (default: drawn from the seed)")
     show.add_argument("--out", required=True, help="PNG file to write")
     show.set_defaults(func=run_show)
+    register_shapes_video(sub)
 
     bench = subparsers.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", parser_class=type(bench))
@@ -46,10 +49,13 @@ def register(subparsers) -> None:
     b.add_argument("--size", type=int, default=64)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--kinds", default=None, help="comma-separated edit kinds (default all)")
+    b.add_argument("--suite", default="default", choices=("default", "failure-modes"),
+                   help="failure-modes: counting, spatial, viewpoint and identity edits, reported per category")
     b.add_argument("--out", required=True, help="folder for report.md, report.json and grid.png")
     add_edit_options(b, only=BENCH_OPTIONS)
     add_model_options(b)
     b.set_defaults(func=run_bench)
+    register_bench_video(bench_sub)
 
 
 def _missing(parser: argparse.ArgumentParser) -> int:
@@ -111,7 +117,7 @@ def run_show(args) -> int:
 
 
 def run_bench(args) -> int:
-    from ..shapes.bench import markdown_table, run_benchmark
+    from ..shapes.bench import failure_mode_table, markdown_table, run_benchmark
 
     options_from_args(args).check()  # a bad flag fails here, before the model loads
     editor = load_editor_for(args)
@@ -120,9 +126,12 @@ def run_bench(args) -> int:
     try:
         report = run_benchmark(
             editor, n=args.n, size=args.size, seed=args.seed, out_dir=args.out, kinds=_kinds(args.kinds),
-            edit_options=options, callback=update,
+            edit_options=options, callback=update, suite=args.suite,
         )
     finally:
         bar.close()
-    sys.stdout.write(markdown_table(report["rows"], f"Shapes benchmark ({args.n} examples)"))
+    if args.suite == "failure-modes":
+        sys.stdout.write(failure_mode_table(report["rows"], f"Shapes failure modes ({args.n} examples)"))
+    else:
+        sys.stdout.write(markdown_table(report["rows"], f"Shapes benchmark ({args.n} examples)"))
     return 0

@@ -7,19 +7,28 @@ import signal
 import sys
 
 from ..ui import DEFAULT_PORT, build_ui, require_gradio, theme
-from .common import add_edit_options, add_model_options, load_editor_for, options_from_args
+from .common import (
+    add_c2pa_options,
+    add_edit_options,
+    add_model_options,
+    load_editor_for,
+    options_from_args,
+    signer_for,
+)
 
 #: Edit options whose flags set the UI controls' starting values.
-STARTING_VALUES = ("steps", "guidance_scale", "image_guidance_scale", "scheduler", "negative_prompt", "resolution")
+STARTING_VALUES = ("steps", "guidance_scale", "image_guidance_scale", "scheduler", "negative_prompt", "resolution",
+                   "watermark")
 
 
 def run(args) -> int:
     require_gradio()  # a missing Gradio is reported before the model loads
     args.quiet = False
+    signer = signer_for(args)  # a bad certificate fails before the model loads
     editor = load_editor_for(args)
     given = options_from_args(args)  # the controls' starting values (resolution None: the model's own)
     defaults = dataclasses.replace(given.check(editor.recommended), seed=None)
-    demo = build_ui(editor, defaults)
+    demo = build_ui(editor, defaults, signer=signer)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"ip2p: warning: the UI listens on {args.host}; anyone who can reach it can use it", file=sys.stderr)
     print(f"ip2p: UI for {editor.model_name} on http://{args.host}:{args.port}", file=sys.stderr)
@@ -44,4 +53,5 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     add_model_options(p)
     add_edit_options(p, only=STARTING_VALUES)
+    add_c2pa_options(p)
     p.set_defaults(func=run)

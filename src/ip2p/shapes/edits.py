@@ -22,8 +22,19 @@ from PIL import Image
 from ..errors import BadData, BadOptions
 from .color import COLORS, delta_e
 from .measure import centroid, count_blobs, min_blob_area
-from .phrasing import DIRECTIONS, EDIT_KINDS, NUMBERS, PLACES, PLURALS, RESIZE_WORDS, fill, templates_for
-from .render import GLOBAL_EDITS, Rendering, check_size, render
+from .phrasing import (
+    ALL_KINDS,
+    DIRECTIONS,
+    EDIT_KINDS,
+    NUMBERS,
+    PLACES,
+    PLURALS,
+    REMOVE_NUMBERS,
+    RESIZE_WORDS,
+    fill,
+    templates_for,
+)
+from .render import GLOBAL_EDITS, Rendering, check_size, mirror, render
 from .scene import (
     SIZE_ORDER,
     Scene,
@@ -44,6 +55,8 @@ TEST_SEED_OFFSET = 2**40
 MIN_VISIBLE = 0.5
 #: Global edits are only made where at least this share of pixels changes by ΔE >= 20.
 MIN_GLOBAL_CHANGE = 0.05
+#: A rotation or flip is only made where the object's old and new pixels overlap at most this much (IoU).
+MAX_TURN_IOU = 0.85
 
 
 @dataclass
@@ -53,6 +66,8 @@ class Edit:
     ``mask`` is True where ``after`` differs from ``before``. ``focus_before``/``focus_after`` are
     the pixels showing only the edited object (None where there is none). ``target`` holds the
     JSON-able facts the scorer needs (object id, target colour and RGB, direction, blob counts).
+    ``free``, when set, marks pixels outside the mask that a correct answer may also change (which
+    ones of a group "remove two of the circles" takes is the editor's choice).
     """
 
     seed: int
@@ -72,6 +87,7 @@ class Edit:
     focus_after: np.ndarray | None = None
     scene: Scene | None = None
     edited_scene: Scene | None = None
+    free: np.ndarray | None = None
 
     def images(self) -> tuple[Image.Image, Image.Image, Image.Image]:
         """(input, edited, mask) as PIL images (RGB, RGB, L with 255 where pixels change)."""
@@ -101,6 +117,8 @@ class _Plan:
     edited_scene: Scene | None = None
     transform: Callable[[np.ndarray], np.ndarray] | None = None
     focus: int | None = None
+    free_ids: tuple[int, ...] = ()  # objects whose pixels any correct answer may change
+    output_caption: str | None = None  # a transform's caption, when not the kind's template
 
 
 # ----------------------------------------------------------------------------- referring expressions
@@ -274,6 +292,89 @@ def _count_remove(scene: Scene, rng: np.random.Generator) -> _Plan | None:
     return _Plan({"things": things}, target, edited)
 
 
+# ----------------------------------------------------------------------------- failure-mode plans
+
+
+def _count_remove_n(scene: Scene, rng: np.random.Generator) -> _Plan | None:
+    """Remove one or two of a group (a kind, or a colour) and keep at least one: only the count is
+    prescribed, so the whole group's pixels are ``free``."""
+    groups: list[tuple[str, list[Shape]]] = []
+    for kind in sorted({o.kind for o in scene.objects}):
+        members = [o for o in scene.objects if o.kind == kind]
+        if len(members) >= 2:
+            groups.append((PLURALS[kind], members))
+    for color in sorted({o.color for o in scene.objects}):
+        members = [o for o in scene.objects if o.color == color]
+        if len(members) >= 2:
+            groups.append((f"{color} {_pick(rng, ['shapes', 'objects'])}", members))
+    if not groups:
+        return None
+    things, members = _pick(rng, groups)
+    n = int(rng.integers(1, min(2, len(members) - 1) + 1))
+    removed = [members[int(i)] for i in rng.permutation(len(members))[:n]]
+    edited = scene.without(*(o.id for o in removed))
+    colors = sorted({o.color for o in members})
+    target = {"removed": n, "object_ids": [o.id for o in removed], "group_ids": [o.id for o in members],
+              "colors": colors}
+    return _Plan({"n": REMOVE_NUMBERS[n], "things": things}, target, edited, free_ids=tuple(o.id for o in members))
+
+
+def _swap_objects(scene: Scene, rng: np.random.Generator) -> _Plan | None:
+    """Exchange the places of two objects of different colours at least 20 % of the side apart."""
+    candidates = _referable(scene)
+    pairs = [(a, b) for a in candidates for b in candidates
+             if a.id < b.id and a.color != b.color and np.hypot(a.x - b.x, a.y - b.y) >= 0.2]
+    if not pairs:
+        return None
+    a, b = _pick(rng, pairs)
+    if rng.random() < 0.5:
+        a, b = b, a
+    edited = scene.swap(a.replace(x=b.x, y=b.y)).swap(b.replace(x=a.x, y=a.y))
+    if not layout_ok(edited):  # in frame, and no same-coloured objects touching at the new places
+        return None
+    slots = {"obj": _pick(rng, references(scene, a)), "obj2": _pick(rng, references(scene, b))}
+    return _Plan(slots, {"object_ids": [a.id, b.id], "colors": [a.color, b.color]}, edited)
+
+
+#: Kinds whose outline a quarter turn changes, and those a half turn (upside down) changes.
+ROTATABLE = ("triangle", "star", "heart", "diamond", "hexagon")
+FLIPPABLE = ("triangle", "star", "heart")
+
+
+def _turn(angle: float, kinds: tuple[str, ...]) -> Callable[[Scene, np.random.Generator], _Plan | None]:
+    def plan(scene: Scene, rng: np.random.Generator) -> _Plan | None:
+        candidates = [o for o in _referable(scene) if o.kind in kinds]
+        if not candidates:
+            return None
+        shape = _pick(rng, candidates)
+        edited = scene.swap(shape.replace(angle=float((shape.angle + angle) % 360)))
+        if not layout_ok(edited):
+            return None
+        target = {"object_id": shape.id, "color": shape.color, "angle": angle}
+        return _Plan({"obj": _pick(rng, references(scene, shape))}, target, edited, focus=shape.id)
+
+    return plan
+
+
+def _flip_scene(scene: Scene, rng: np.random.Generator) -> _Plan:
+    """The picture mirrored left to right (exact on the pixels); the caption swaps left and right."""
+    mirrored = scene.replace(objects=tuple(o.replace(x=round(1 - o.x, 4)) for o in scene.objects))
+    return _Plan({}, {}, transform=mirror, output_caption=caption(mirrored))
+
+
+def _keep_object(scene: Scene, rng: np.random.Generator) -> _Plan | None:
+    """A large edit elsewhere (a background recolour) that names an object to keep as it is."""
+    plan = _recolor_background(scene, rng)
+    candidates = _referable(scene)
+    if plan is None or not candidates:
+        return None
+    shape = _pick(rng, candidates)
+    plan.slots["obj"] = _pick(rng, references(scene, shape))
+    plan.target["object_id"] = shape.id
+    plan.focus = shape.id
+    return plan
+
+
 def _global(name: str) -> Callable[[Scene, np.random.Generator], _Plan]:
     def plan(scene: Scene, rng: np.random.Generator) -> _Plan:
         return _Plan({}, {}, transform=GLOBAL_EDITS[name])
@@ -294,10 +395,17 @@ PLANNERS: dict[str, Callable[[Scene, np.random.Generator], _Plan | None]] = {
     "brighten": _global("brighten"),
     "count_add": _count_add,
     "count_remove": _count_remove,
+    "count_remove_n": _count_remove_n,
+    "swap_objects": _swap_objects,
+    "rotate_object": _turn(90.0, ROTATABLE),
+    "flip_object": _turn(180.0, FLIPPABLE),
+    "flip_scene": _flip_scene,
+    "keep_object": _keep_object,
 }
 
 #: Scene hints per kind: the range of the number of objects and the chance of repeated kinds.
-_SCENE_HINTS = {"count_remove": (2, 5, 0.7), "count_add": (1, 3, 0.35), "add_object": (1, 4, 0.35)}
+_SCENE_HINTS = {"count_remove": (2, 5, 0.7), "count_add": (1, 3, 0.35), "add_object": (1, 4, 0.35),
+                "count_remove_n": (3, 5, 0.7), "swap_objects": (2, 4, 0.35)}
 
 _GLOBAL_CAPTIONS = {
     "grayscale": "a black and white picture of {}",
@@ -305,6 +413,8 @@ _GLOBAL_CAPTIONS = {
     "darken": "{} at night",
     "brighten": "a bright picture of {}",
 }
+#: The output caption of each global edit, "{}" being the input's caption.
+GLOBAL_CAPTIONS = _GLOBAL_CAPTIONS
 
 
 # ----------------------------------------------------------------------------- examples
@@ -320,12 +430,14 @@ def world_seed(seed: int, split: str) -> int:
 
 
 def check_kinds(kinds: Sequence[str] | None) -> tuple[str, ...]:
+    """The kinds named (any of :data:`~ip2p.shapes.phrasing.ALL_KINDS`), or the default mix
+    :data:`~ip2p.shapes.phrasing.EDIT_KINDS` for None."""
     if kinds is None:
         return EDIT_KINDS
     kinds = tuple(kinds)
-    unknown = [k for k in kinds if k not in EDIT_KINDS]
+    unknown = [k for k in kinds if k not in ALL_KINDS]
     if unknown or not kinds:
-        raise BadOptions(f"unknown edit kind {unknown[0] if unknown else '(none)'!r}; known: {', '.join(EDIT_KINDS)}")
+        raise BadOptions(f"unknown edit kind {unknown[0] if unknown else '(none)'!r}; known: {', '.join(ALL_KINDS)}")
     return kinds
 
 
@@ -375,7 +487,10 @@ def make_example(
 
 def _clear_geometry(kind: str, before: np.ndarray | None, after: np.ndarray | None, size: int) -> bool:
     """Moves must shift the visible object by >= 15 % of the side, resizes change its visible area
-    by >= 1.6x, so that occlusion never makes an edit too faint to score."""
+    by >= 1.6x, turns leave at most 85 % of its pixels in place (IoU), so that occlusion never makes
+    an edit too faint to score."""
+    if kind in ("rotate_object", "flip_object"):
+        return float((before & after).sum()) <= MAX_TURN_IOU * float((before | after).sum())
     if kind not in ("move_object", "resize_object"):
         return True
     a, b = float(before.sum()), float(after.sum())
@@ -392,7 +507,9 @@ def _realise(seed, split, size, kind, scene, plan: _Plan, rng, held_out_p) -> Ed
     focus_before = focus_after = None
     if plan.transform is not None:
         after_image = plan.transform(before.image)
-        output_caption = _GLOBAL_CAPTIONS[kind].format(caption(scene))
+        output_caption = plan.output_caption
+        if output_caption is None:
+            output_caption = _GLOBAL_CAPTIONS[kind].format(caption(scene))
         # every other pixel is plenty to estimate the share of strongly changed pixels
         strong = delta_e(before.image[::2, ::2], after_image[::2, ::2]) >= 20
         if strong.mean() < MIN_GLOBAL_CHANGE:
@@ -420,6 +537,11 @@ def _realise(seed, split, size, kind, scene, plan: _Plan, rng, held_out_p) -> Ed
         target["counts"] = {target["color"]: count_blobs(after_image, target["color"], size)}
     elif kind == "count_remove":
         target["counts"] = {c: count_blobs(after_image, c, size) for c in target["colors"]}
+    elif kind == "count_remove_n":
+        target["total"] = sum(count_blobs(after_image, c, size) for c in target["colors"])
+    free = None
+    if plan.free_ids:
+        free = np.any(np.stack([before.visible[i] > 0 for i in plan.free_ids]), axis=0) & ~mask
     held_out = bool(held_out_p) and rng.random() < held_out_p
     template_id, template = _pick(rng, templates_for(kind, held_out))
     return Edit(
@@ -440,5 +562,6 @@ def _realise(seed, split, size, kind, scene, plan: _Plan, rng, held_out_p) -> Ed
         focus_after=focus_after,
         scene=scene,
         edited_scene=plan.edited_scene,
+        free=free,
     )
 

@@ -330,11 +330,182 @@ HELD_OUT: dict[str, tuple[str, ...]] = {
     "count_remove": ("the {things}? remove them all", "kindly eliminate all the {things}", "banish every one of the {things}"),
 }
 
+#: Kinds for the four failure modes of instruction editors (counting, spatial, viewpoint, identity;
+#: :data:`ip2p.shapes.bench.FAILURE_MODE_SUITE`). Slots beyond the above: ``{obj2}`` a second
+#: referring expression, ``{n}`` one or two.
+FAILURE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "count_remove_n": (
+        "remove {n} of the {things}",
+        "delete {n} of the {things}",
+        "erase {n} of the {things}",
+        "take away {n} of the {things}",
+        "take out {n} of the {things}",
+        "get rid of {n} of the {things}",
+        "remove just {n} of the {things}",
+        "remove only {n} of the {things}",
+        "please remove {n} of the {things}",
+        "please delete {n} of the {things}",
+        "could you remove {n} of the {things}?",
+        "can you erase {n} of the {things}?",
+        "i want {n} of the {things} gone",
+        "{n} of the {things} should go",
+        "make {n} of the {things} disappear",
+        "drop {n} of the {things}",
+        "lose {n} of the {things}",
+        "wipe out {n} of the {things}",
+        "clear away {n} of the {things}",
+        "remove exactly {n} of the {things}",
+        "take {n} of the {things} out of the picture",
+        "keep the rest but remove {n} of the {things}",
+    ),
+    "swap_objects": (
+        "swap {obj} and {obj2}",
+        "swap {obj} with {obj2}",
+        "switch {obj} and {obj2}",
+        "exchange {obj} and {obj2}",
+        "interchange {obj} and {obj2}",
+        "swap the positions of {obj} and {obj2}",
+        "switch the places of {obj} and {obj2}",
+        "exchange the places of {obj} and {obj2}",
+        "reverse the positions of {obj} and {obj2}",
+        "let {obj} and {obj2} trade places",
+        "make {obj} and {obj2} switch places",
+        "please swap {obj} and {obj2}",
+        "could you swap {obj} and {obj2}?",
+        "can you switch {obj} and {obj2}?",
+        "{obj} and {obj2} should swap places",
+        "{obj} and {obj2} swap places",
+        "i want {obj} and {obj2} swapped",
+        "swap {obj} and {obj2} around",
+        "put {obj} where {obj2} is and {obj2} where {obj} is",
+        "move {obj} to where {obj2} is and the other way round",
+        "trade the places of {obj} and {obj2}",
+        "swap where {obj} and {obj2} are",
+    ),
+    "rotate_object": (
+        "rotate {obj} 90 degrees clockwise",
+        "rotate {obj} clockwise by 90 degrees",
+        "turn {obj} 90 degrees clockwise",
+        "turn {obj} clockwise by 90 degrees",
+        "rotate {obj} a quarter turn clockwise",
+        "give {obj} a quarter turn clockwise",
+        "turn {obj} a quarter turn clockwise",
+        "spin {obj} 90 degrees clockwise",
+        "rotate {obj} ninety degrees clockwise",
+        "turn {obj} ninety degrees clockwise",
+        "tilt {obj} 90 degrees clockwise",
+        "please rotate {obj} 90 degrees clockwise",
+        "please turn {obj} clockwise by 90 degrees",
+        "could you rotate {obj} 90 degrees clockwise?",
+        "can you give {obj} a quarter turn clockwise?",
+        "{obj} should be rotated 90 degrees clockwise",
+        "{obj} rotated 90 degrees clockwise",
+        "i want {obj} rotated clockwise by 90 degrees",
+        "rotate {obj} clockwise, 90 degrees",
+        "clockwise, rotate {obj} by 90 degrees",
+        "make {obj} turn 90 degrees clockwise",
+        "rotate {obj} by a right angle clockwise",
+    ),
+    "flip_object": (
+        "turn {obj} upside down",
+        "flip {obj} upside down",
+        "put {obj} upside down",
+        "make {obj} upside down",
+        "flip {obj} vertically",
+        "mirror {obj} vertically",
+        "flip {obj} top to bottom",
+        "turn {obj} on its head",
+        "stand {obj} on its head",
+        "rotate {obj} 180 degrees",
+        "rotate {obj} by 180 degrees",
+        "turn {obj} 180 degrees",
+        "give {obj} a half turn",
+        "please turn {obj} upside down",
+        "please flip {obj} vertically",
+        "could you flip {obj} upside down?",
+        "can you turn {obj} upside down?",
+        "{obj} should be upside down",
+        "{obj} upside down",
+        "i want {obj} upside down",
+        "upend {obj}",
+        "turn {obj} over, top to bottom",
+    ),
+    "flip_scene": (
+        "mirror the picture",
+        "mirror the image",
+        "mirror it",
+        "mirror it left to right",
+        "flip the picture horizontally",
+        "flip the image horizontally",
+        "flip it horizontally",
+        "flip it left to right",
+        "flip the picture left to right",
+        "flip the whole scene horizontally",
+        "make it a mirror image",
+        "make a mirror image of it",
+        "show the mirror image",
+        "reflect the picture horizontally",
+        "reflect it left to right",
+        "please mirror the picture",
+        "could you flip it horizontally?",
+        "can you mirror the image?",
+        "i want it mirrored",
+        "mirrored",
+        "horizontal flip",
+        "swap left and right",
+    ),
+    "keep_object": (
+        "make the background {color} but keep {obj} as it is",
+        "turn the background {color} and leave {obj} alone",
+        "change the background to {color}, keep {obj} unchanged",
+        "paint the background {color} without touching {obj}",
+        "make the background {color} and do not change {obj}",
+        "recolor the background {color} but leave {obj} as it is",
+        "switch the background to {color} and keep {obj} the same",
+        "please make the background {color} but keep {obj}",
+        "could you make the background {color} and keep {obj} as it is?",
+        "can you turn the background {color} without changing {obj}?",
+        "i want a {color} background with {obj} unchanged",
+        "only the background should turn {color}; keep {obj}",
+        "keep {obj} but make the background {color}",
+        "keep {obj} as it is and make the background {color}",
+        "leave {obj} alone and turn the background {color}",
+        "{obj} stays, the background becomes {color}",
+        "give it a {color} background and keep {obj} intact",
+        "change only the background to {color}, not {obj}",
+        "background {color}, {obj} untouched",
+        "repaint the background in {color} and keep {obj} exactly the same",
+        "use a {color} background but keep {obj} the way it is",
+        "make the backdrop {color}, leaving {obj} as it is",
+    ),
+}
+FAILURE_HELD_OUT: dict[str, tuple[str, ...]] = {
+    "count_remove_n": ("{n} of the {things}? remove them", "kindly eliminate {n} of the {things}",
+                       "banish {n} of the {things}"),
+    "swap_objects": ("{obj} and {obj2}? swap them", "kindly transpose {obj} and {obj2}",
+                     "let {obj} and {obj2} change seats"),
+    "rotate_object": ("{obj}? rotate it clockwise by 90 degrees", "kindly pivot {obj} 90 degrees clockwise",
+                      "swivel {obj} a quarter turn clockwise"),
+    "flip_object": ("{obj}? turn it upside down", "kindly capsize {obj}", "let {obj} hang upside down"),
+    "flip_scene": ("the picture? mirror it", "kindly reflect the scene", "show it as seen in a mirror"),
+    "keep_object": ("{obj} must stay; the background should be {color}",
+                    "kindly recolour the backdrop {color}, sparing {obj}",
+                    "dye the background {color} and preserve {obj}"),
+}
+
+#: The default kinds: what an example draws from when no kinds are named. The failure-mode kinds are
+#: only made when named, so every default data set (and the demo model's training data) is unchanged.
 EDIT_KINDS = tuple(TEMPLATES)
+FAILURE_KINDS = tuple(FAILURE_TEMPLATES)
+ALL_KINDS = EDIT_KINDS + FAILURE_KINDS
+TEMPLATES.update(FAILURE_TEMPLATES)
+HELD_OUT.update(FAILURE_HELD_OUT)
 
 #: What each slot can be filled with (the words, for the vocabulary).
 DIRECTIONS = ("left", "right", "up", "down")
 NUMBERS = {2: "two", 3: "three"}
+#: How many of a group ``count_remove_n`` removes.
+REMOVE_NUMBERS = {1: "one", 2: "two"}
 RESIZE_WORDS = {
     "bigger": {"adj": "bigger", "adj2": "larger", "verb": "enlarge"},
     "smaller": {"adj": "smaller", "adj2": "tinier", "verb": "shrink"},
@@ -388,7 +559,7 @@ def vocabulary() -> list[str]:
     """
     texts = [_SLOT.sub(" ", t) for kind in TEMPLATES for t in TEMPLATES[kind] + HELD_OUT[kind]]
     texts += list(COLORS) + list(KINDS) + list(PLURALS.values()) + list(SIZES) + list(DIRECTIONS)
-    texts += list(NUMBERS.values()) + [w for words in RESIZE_WORDS.values() for w in words.values()]
+    texts += list(NUMBERS.values()) + list(REMOVE_NUMBERS.values()) + [w for words in RESIZE_WORDS.values() for w in words.values()]
     texts += list(PLACES) + [REFERENCE_WORDS, CAPTION_WORDS, GLOBAL_CAPTION_WORDS]
     return sorted({w for text in texts for w in _WORD.findall(text.lower())})
 

@@ -60,7 +60,7 @@ def coverage(shape: Shape, size: int) -> tuple[np.ndarray, int, int]:
     if shape.kind == "circle":
         draw.ellipse([px - pr, py - pr, px + pr, py + pr], fill=255)
     else:
-        draw.polygon(outline(shape.kind, px, py, pr), fill=255)
+        draw.polygon(outline(shape.kind, px, py, pr, shape.angle), fill=255)
     small = canvas.reduce(ss) if ss > 1 else canvas
     alpha = np.asarray(small, dtype=np.float32) / 255.0
     alpha.setflags(write=False)
@@ -171,6 +171,11 @@ def brighten(image: np.ndarray) -> np.ndarray:
     """45 % of the way to white."""
     x = image.astype(np.float32)
     return np.rint(x + (255 - x) * 0.45).astype(np.uint8)
+
+
+def mirror(image: np.ndarray) -> np.ndarray:
+    """Left and right swapped (a horizontal flip), exactly."""
+    return np.ascontiguousarray(image[:, ::-1])
 
 
 GLOBAL_EDITS = {"grayscale": grayscale, "invert": invert, "darken": night, "brighten": brighten}

@@ -40,7 +40,8 @@ MIN_BACKGROUND_DELTA_E = 30.0
 
 @dataclass(frozen=True)
 class Shape:
-    """One object: ``x``/``y`` is its centre as a fraction of the width/height."""
+    """One object: ``x``/``y`` is its centre as a fraction of the width/height; ``angle`` turns its
+    outline clockwise by that many degrees (0 for every generated scene; rotate/flip edits set it)."""
 
     kind: str
     color: str
@@ -48,6 +49,7 @@ class Shape:
     x: float
     y: float
     id: int = 0
+    angle: float = 0.0
 
     @property
     def radius(self) -> float:
@@ -268,7 +270,8 @@ def background_phrase(background: Background) -> str:
 
 
 def describe(shape: Shape) -> str:
-    return f"a {shape.size} {shape.color} {shape.kind} {place_phrase(shape)}"
+    turned = {0.0: "", 180.0: "upside-down "}.get(float(shape.angle) % 360, "rotated ")
+    return f"a {shape.size} {turned}{shape.color} {shape.kind} {place_phrase(shape)}"
 
 
 def caption(scene: Scene) -> str:
@@ -283,18 +286,27 @@ def caption(scene: Scene) -> str:
 #: Every word a caption can contain besides colours, kinds and sizes.
 CAPTION_WORDS = (
     "a an and on at in the of top bottom left right center background gradient striped textured "
-    "empty picture with"
+    "empty picture with upside-down rotated"
 )
 
 
 # ----------------------------------------------------------------------------- geometry
 
 
-def outline(kind: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
-    """Polygon vertices (pixel units, y down) of a shape of radius ``r`` centred at (cx, cy).
+def outline(kind: str, cx: float, cy: float, r: float, angle: float = 0.0) -> list[tuple[float, float]]:
+    """Polygon vertices (pixel units, y down) of a shape of radius ``r`` centred at (cx, cy), turned
+    ``angle`` degrees clockwise about its centre (with y down, a positive rotation looks clockwise).
 
     Circles are drawn as ellipses by the renderer and have no outline here.
     """
+    points = _outline(kind, cx, cy, r)
+    if not angle % 360:
+        return points  # unrotated shapes keep their exact vertices (and so their exact pixels)
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    return [(cx + (x - cx) * c - (y - cy) * s, cy + (x - cx) * s + (y - cy) * c) for x, y in points]
+
+
+def _outline(kind: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
 
     def ring(n: int, radius: float, start: float) -> list[tuple[float, float]]:
         return [

@@ -13,6 +13,17 @@ pixels outside the change mask stay put: their mean absolute error (0-255) is at
   in the target and its area within a factor 1.35 of it.
 * count_add / count_remove: for every colour involved, the number of blobs (4-connected, >= 30 % of
   the smallest shape's disc) equals the target's.
+
+The failure-mode kinds (:data:`~ip2p.shapes.phrasing.FAILURE_KINDS`):
+
+* count_remove_n: the blobs of the group's colours add up to the target's number; which members go
+  is the editor's choice, so preservation is not measured on the group's pixels (``Edit.free``).
+* swap_objects: each of the two objects passes the move rule at the other's place.
+* rotate_object / flip_object: the object's blob overlaps the turned target blob (IoU >= 0.5) more
+  than it overlaps the unturned one.
+* flip_scene: as the global edits.
+* keep_object: the background recolour passes the global-edit rule, and the named object's box keeps
+  its edge structure (:func:`~ip2p.shapes.measure.structure_similarity` >= 0.8 with the target).
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from .measure import (
     psnr,
     structure_similarity,
 )
+from .render import full_coverage, render
 
 
 @dataclass(frozen=True)
@@ -83,8 +95,59 @@ def _best_blob(output: np.ndarray, color: str, focus: np.ndarray, size: int, tol
     return found[int(np.argmin(dist))]
 
 
+def _placed(out: np.ndarray, goal_image: np.ndarray, color: str, focus: np.ndarray, size: int,
+            rules: ScoreRules) -> tuple[bool, float]:
+    """The move rule: the output's blob of ``color`` near ``focus`` sits where the goal image's own
+    blob does (centroid within ``centroid_tol`` of the side) at the same area (within ``area_ratio``)."""
+    blob = _best_blob(out, color, focus, size, rules.delta_e)
+    if blob is None:
+        return False, 0.0
+    goal = _best_blob(goal_image, color, focus, size, rules.delta_e)
+    (bx, by), (gx, gy) = centroid(blob), centroid(goal)
+    off = float(np.hypot(bx - gx, by - gy)) / size
+    ratio = float(blob.sum()) / float(goal.sum())
+    return off <= rules.centroid_tol and max(ratio, 1 / ratio) <= rules.area_ratio, off
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = float((a | b).sum())
+    return float((a & b).sum()) / union if union else 0.0
+
+
+def _failure_hit(example: Edit, out: np.ndarray, rules: ScoreRules) -> tuple[bool, float] | None:
+    """The failure-mode kinds' rules (see the module docstring); None for the other kinds."""
+    kind, target, size = example.kind, example.target, example.size
+    if kind == "count_remove_n":
+        wrong = abs(sum(count_blobs(out, c, size) for c in target["colors"]) - target["total"])
+        return wrong == 0, float(wrong)
+    if kind == "swap_objects":
+        rendering = render(example.edited_scene, size)
+        hits = [_placed(out, example.after, color, rendering.core(i), size, rules)
+                for i, color in zip(target["object_ids"], target["colors"], strict=True)]
+        return all(ok for ok, _ in hits), max(off for _, off in hits)
+    if kind in ("rotate_object", "flip_object"):
+        color, focus = target["color"], example.focus_after
+        blob = _best_blob(out, color, focus, size, rules.delta_e)
+        if blob is None:
+            return False, 0.0
+        turned = _iou(blob, _best_blob(example.after, color, focus, size, rules.delta_e))
+        unturned = _iou(blob, _best_blob(example.before, color, example.focus_before, size, rules.delta_e))
+        return turned >= rules.iou and turned > unturned, turned - unturned
+    if kind == "keep_object":
+        strong = delta_e(example.before, example.after) >= rules.delta_e
+        share = _share(delta_e(out, example.after) < rules.delta_e, strong)
+        ys, xs = np.nonzero(full_coverage(example.scene.get(target["object_id"]), size) > 0)
+        box = (slice(max(0, ys.min() - 2), ys.max() + 3), slice(max(0, xs.min() - 2), xs.max() + 3))
+        structure = structure_similarity(out[box], example.after[box])
+        return share >= rules.share and structure >= rules.structure, structure
+    return None
+
+
 def _kind_hit(example: Edit, out: np.ndarray, rules: ScoreRules) -> tuple[bool, float]:
     """(success of the kind's own rule, the measured quantity it thresholds)."""
+    special = _failure_hit(example, out, rules)
+    if special is not None:
+        return special
     kind, target, size = example.kind, example.target, example.size
     if kind == "recolor_object":
         near = delta_e(out, np.asarray(COLORS[target["color"]], dtype=np.float64)) < rules.delta_e
@@ -93,21 +156,16 @@ def _kind_hit(example: Edit, out: np.ndarray, rules: ScoreRules) -> tuple[bool, 
     if kind in ("count_add", "count_remove"):
         wrong = sum(abs(count_blobs(out, c, size) - n) for c, n in target["counts"].items())
         return wrong == 0, float(wrong)
-    if kind in ("add_object", "move_object", "resize_object"):
+    if kind == "add_object":
         focus = example.focus_after
         blob = _best_blob(out, target["color"], focus, size, rules.delta_e)
         if blob is None:
             return False, 0.0
-        if kind == "add_object":
-            iou = float((blob & focus).sum()) / float((blob | focus).sum())
-            return iou >= rules.iou, iou
+        iou = _iou(blob, focus)
+        return iou >= rules.iou, iou
+    if kind in ("move_object", "resize_object"):
         # compare like with like: the target's own blob, measured the same way
-        goal = _best_blob(example.after, target["color"], focus, size, rules.delta_e)
-        (bx, by), (gx, gy) = centroid(blob), centroid(goal)
-        off = float(np.hypot(bx - gx, by - gy)) / size
-        ratio = float(blob.sum()) / float(goal.sum())
-        ok = off <= rules.centroid_tol and max(ratio, 1 / ratio) <= rules.area_ratio
-        return ok, off
+        return _placed(out, example.after, target["color"], example.focus_after, size, rules)
     # recolor_background, remove_object and global edits: agreement where the edit is strong
     strong = delta_e(example.before, example.after) >= rules.delta_e
     share = _share(delta_e(out, example.after) < rules.delta_e, strong)
@@ -127,7 +185,7 @@ def score_edit(example: Edit, output_image, rules: ScoreRules | None = None) -> 
     out = as_array(output_image, example.size)
     out_f, before_f, after_f = (a.astype(np.float64) for a in (out, example.before, example.after))
     mask = example.mask
-    outside = ~mask
+    outside = ~mask if example.free is None else ~(mask | example.free)
     preservation = float(np.abs(out_f - before_f)[outside].mean()) if outside.any() else None
     preserved = preservation is None or preservation <= rules.preserve_mae
     kind_ok, measure = _kind_hit(example, out, rules)

@@ -377,6 +377,10 @@ class _Trainer:
                 image_latents = dist.mode()[:n].float()
                 noise = torch.randn(dist.mean[n:].shape, generator=gen).to(device)
                 latents = (dist.mean[n:].float() + dist.std[n:].float() * noise) * vae.config.scaling_factor
+            # Where the edit is: latent pixels whose exact latent changes (all channels share it).
+            changed = None
+            if o.edit_weight:
+                changed = (latents - image_latents).abs().amax(dim=1, keepdim=True) > 1e-3
             b = latents.shape[0]
             noise = torch.randn(latents.shape, generator=gen).to(device)
             timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen).to(device)
@@ -404,10 +408,13 @@ class _Trainer:
             ids = torch.where(drop_text[:, None], s.empty_ids.expand_as(ids), ids).to(device)
             image_latents = image_latents * (~drop_image).to(device, image_latents.dtype)[:, None, None, None]
         pred = s.model(noisy, image_latents, timesteps, ids, tok.pad_token_id)
-        if weight is None:
+        if weight is None and changed is None:
             return F.mse_loss(pred.float(), target.float())
-        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        return (weight * per_sample).mean()
+        error = F.mse_loss(pred.float(), target.float(), reduction="none")
+        if changed is not None:
+            error = error * (1 + o.edit_weight * changed.float())
+        per_sample = error.mean(dim=(1, 2, 3))
+        return (per_sample if weight is None else weight * per_sample).mean()
 
     # ---------------------------------------------------------------------------------------
     def _checkpoint(self) -> None:
