@@ -610,6 +610,17 @@ def _format(value: Any, name: str = "format") -> str:
     return fmt
 
 
+async def _json_object(request) -> dict:
+    """A JSON request body that must be an object, or a one-line 400."""
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        raise BadOptions("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadOptions("request body must be a JSON object")
+    return body
+
+
 async def _read_form(request):
     try:
         return await request.form(max_files=4, max_fields=64, max_part_size=64 * 1024)
@@ -981,11 +992,8 @@ def _install_verify_route(app, settings: ServerSettings, key_401: tuple) -> None
     async def verify_route(request: Request):
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
-            try:
-                body = json.loads(await request.body())
-            except ValueError:
-                raise BadOptions("request body is not valid JSON") from None
-            if not isinstance(body, dict) or "image" not in body:
+            body = await _json_object(request)
+            if "image" not in body:
                 raise BadImage("no image: send 'image' as a base64 string", param="image")
             data = _decode_b64(body["image"])
         elif kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
@@ -1032,11 +1040,8 @@ def _install_video_route(app, editor, queue: EditQueue, settings: ServerSettings
 
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
-            try:
-                fields = json.loads(await request.body())
-            except ValueError:
-                raise BadOptions("request body is not valid JSON") from None
-            if not isinstance(fields, dict) or "video" not in fields:
+            fields = await _json_object(request)
+            if "video" not in fields:
                 raise BadImage("no video: send 'video' as a base64 string", param="video")
             data = _decode_b64(fields.pop("video"), "video")
         elif kind == "multipart/form-data":
@@ -1224,12 +1229,7 @@ def create_app(editor, settings: ServerSettings | None = None):
     async def native_edit(request: Request):
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
-            try:
-                body = json.loads(await request.body())
-            except ValueError:
-                raise BadOptions("request body is not valid JSON") from None
-            if not isinstance(body, dict):
-                raise BadOptions("request body must be a JSON object")
+            body = await _json_object(request)
             if "image" not in body:
                 raise BadImage("no image: send 'image' as a base64 string", param="image")
             image = _decode_b64(body.pop("image"))

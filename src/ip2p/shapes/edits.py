@@ -274,7 +274,8 @@ def _count_add(scene: Scene, rng: np.random.Generator) -> _Plan | None:
     return _Plan({"n": NUMBERS[n], "things": things}, target, edited)
 
 
-def _count_remove(scene: Scene, rng: np.random.Generator) -> _Plan | None:
+def _groups(scene: Scene, rng: np.random.Generator) -> list[tuple[str, list[Shape]]]:
+    """Every kind and every colour with two or more objects, named ("circles", "red shapes")."""
     groups: list[tuple[str, list[Shape]]] = []
     for kind in sorted({o.kind for o in scene.objects}):
         members = [o for o in scene.objects if o.kind == kind]
@@ -284,6 +285,11 @@ def _count_remove(scene: Scene, rng: np.random.Generator) -> _Plan | None:
         members = [o for o in scene.objects if o.color == color]
         if len(members) >= 2:
             groups.append((f"{color} {_pick(rng, ['shapes', 'objects'])}", members))
+    return groups
+
+
+def _count_remove(scene: Scene, rng: np.random.Generator) -> _Plan | None:
+    groups = _groups(scene, rng)
     if not groups:
         return None
     things, members = _pick(rng, groups)
@@ -298,15 +304,7 @@ def _count_remove(scene: Scene, rng: np.random.Generator) -> _Plan | None:
 def _count_remove_n(scene: Scene, rng: np.random.Generator) -> _Plan | None:
     """Remove one or two of a group (a kind, or a colour) and keep at least one: only the count is
     prescribed, so the whole group's pixels are ``free``."""
-    groups: list[tuple[str, list[Shape]]] = []
-    for kind in sorted({o.kind for o in scene.objects}):
-        members = [o for o in scene.objects if o.kind == kind]
-        if len(members) >= 2:
-            groups.append((PLURALS[kind], members))
-    for color in sorted({o.color for o in scene.objects}):
-        members = [o for o in scene.objects if o.color == color]
-        if len(members) >= 2:
-            groups.append((f"{color} {_pick(rng, ['shapes', 'objects'])}", members))
+    groups = _groups(scene, rng)
     if not groups:
         return None
     things, members = _pick(rng, groups)
