@@ -5,6 +5,9 @@
 #   MAX_STEPS=4000 scripts/train_demo.sh  # train further (continues runs/demo-shapes with --resume;
 #                                         # the cosine learning-rate decay is laid over MAX_STEPS)
 #   PROFILE=gpu scripts/train_demo.sh     # the larger GPU recipe (runs/demo-shapes-gpu)
+#   PROCS=1 scripts/train_demo.sh         # one training process (per-process batch stays 64)
+#   FROM=carried scripts/train_demo.sh    # continue from the carried weights (checkpoints/demo-run6) as
+#                                         # step 0, on 30,000 new triplets (configs/demo-shapes-continue.yaml)
 #
 # Every stage resumes: `ip2p shapes make` skips finished shards, `ip2p train --resume` continues
 # the run folder exactly from its latest checkpoint.
@@ -27,24 +30,38 @@ if [ "$PROFILE" = gpu ]; then
   CONFIG=configs/demo-shapes-gpu.yaml
   RUN=runs/demo-shapes-gpu
   MAX_STEPS=${MAX_STEPS:-6000}
+elif [ "${FROM:-}" = carried ]; then
+  [ -f checkpoints/demo-run6/model_index.json ] || { echo "FROM=carried: checkpoints/demo-run6 is missing" >&2; exit 1; }
+  DATA=runs/data/shapes-more; START=30000
+  CONFIG=configs/demo-shapes-continue.yaml
+  RUN=runs/demo-shapes-continue
+  MAX_STEPS=${MAX_STEPS:-5000}
 else
   CONFIG=configs/demo-shapes.yaml
   RUN=runs/demo-shapes
-  MAX_STEPS=${MAX_STEPS:-3800}   # run 5: ~2 h 10 min at 30 samples/s on one pinned thread (docs/demo-model.md)
+  MAX_STEPS=${MAX_STEPS:-4400}   # run 6: batch 2 x 64, 1 h 45 min at 83 samples/s on two processes (docs/demo-model.md)
 fi
 
 echo "== data: $N triplets at 64 px -> $DATA"
-time ip2p shapes make --n "$N" --size 64 --out "$DATA" --format ip2p --kinds "$KINDS" --workers "$WORKERS"
+time ip2p shapes make --n "$N" --start "${START:-0}" --size 64 --out "$DATA" --format ip2p --kinds "$KINDS" \
+  --workers "$WORKERS"
 
 echo "== train: $CONFIG to step $MAX_STEPS -> $RUN"
 RESUME=()
 if [ -d "$RUN/checkpoints" ] || [ -d "$RUN/base" ]; then RESUME=(--resume); fi
-# log.csv in the run folder holds loss and samples/s every 10 steps
-# One thread trains as fast as two on the 2-core machines measured (30 samples/s either way), and
-# leaves the other core for everything else; THREADS=2 to use both.
-THREADS=${THREADS:-1}
-if [ "$PROFILE" = gpu ]; then THREADS_ARGS=(); else THREADS_ARGS=(--threads "$THREADS"); fi
-time ip2p train --config "$CONFIG" --max-steps "$MAX_STEPS" "${THREADS_ARGS[@]}" "${RESUME[@]}"
+# log.csv in the run folder holds loss and samples/s every 10 steps.
+# CPU: PROCS data-parallel processes (torchrun, gloo) of one thread each. On the 2-core machines
+# measured, one process trains 30-45 samples/s whether it has one thread or two, and two
+# one-thread processes 84-93 (run 6): two processes are the fastest use of two cores.
+PROCS=${PROCS:-2}
+if [ "$PROFILE" = gpu ]; then
+  LAUNCH=(ip2p train); THREADS_ARGS=()
+elif [ "$PROCS" -gt 1 ]; then
+  LAUNCH=(env OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node "$PROCS" -m ip2p train); THREADS_ARGS=(--threads 1)
+else
+  LAUNCH=(ip2p train); THREADS_ARGS=(--threads "${THREADS:-1}")
+fi
+time "${LAUNCH[@]}" --config "$CONFIG" --max-steps "$MAX_STEPS" "${THREADS_ARGS[@]}" "${RESUME[@]}"
 
 echo "== export the EMA weights -> src/ip2p/data/models/demo"
 LAST=$(ls -d "$RUN"/checkpoints/step-* | sort | tail -n 1)

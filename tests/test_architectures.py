@@ -187,6 +187,81 @@ def test_edit_weight_weighs_the_changed_latent_pixels(tmp_path):
         kl.check()
 
 
+def test_unknown_words_keep_content_words_and_resume_exactly():
+    """data.unknown_words: a made-up word replaces a non-content word or is inserted; colours, shapes,
+    places and global-edit words are never replaced; the same generator state gives the same texts."""
+    from ip2p.text import split_words
+    from ip2p.train.data import keep_word_set, with_unknown_words
+
+    keep = keep_word_set("shapes")
+    assert {"blue", "circle", "left", "background", "darker", "negative"} <= keep and "remove" not in keep
+    texts = ["make the red circle blue", "remove the star on the left", "make it darker",
+             "add a green square in the top right corner"] * 25
+    first = with_unknown_words(texts, 1.0, keep, torch.Generator().manual_seed(3))
+    again = with_unknown_words(texts, 1.0, keep, torch.Generator().manual_seed(3))
+    assert first == again and first != texts
+    for before, after in zip(texts, first, strict=True):
+        old, new = split_words(before), split_words(after)
+        assert len(new) in (len(old), len(old) + 1)
+        kept = [w for w in old if w in keep]
+        assert [w for w in new if w in keep] == kept  # every content word survives, in order
+    replaced = sum(len(split_words(a)) == len(split_words(b)) for a, b in zip(texts, first, strict=True))
+    assert 20 < replaced < 80  # about half replace, half insert
+    assert with_unknown_words(texts, 0.0, keep, torch.Generator().manual_seed(3)) == texts
+    assert keep_word_set("Paint it") == {"paint", "it"}
+
+
+def test_unknown_words_train_and_are_checked(tmp_path):
+    data = write_ip2p(tmp_path / "d", 4, size=16)
+    cfg = x0_config(tmp_path / "run", data)
+    cfg.run.max_steps, cfg.data.validation_count = 2, 0
+    cfg.data.unknown_words, cfg.data.keep_words = 0.5, "shapes"
+    assert len(train(cfg, export=False).losses) == 2
+    with pytest.raises(BadOptions, match=r"data.unknown_words must be a probability in \[0, 1\], got 1.5"):
+        bad = x0_config(tmp_path / "r", data)
+        bad.data.unknown_words = 1.5
+        bad.check()
+
+
+def test_training_continues_from_a_shipped_x0_model(x0_model, tmp_path):
+    """model.start ip2p on an exported residual x0 folder: its weights are step 0, the residual UNet
+    and the exact autoencoder stay, and edit_weight with snr_gamma train on it (how the demo model
+    improves in place across sessions, docs/demo-model.md)."""
+    from safetensors.torch import load_file
+
+    data = write_ip2p(tmp_path / "d", 4, size=16)
+    cfg = TrainConfig.from_mapping({
+        "model": {"start": "ip2p", "base": str(x0_model), "prediction_type": "sample", "train_text_encoder": True},
+        "data": {"path": str(data), "resolution": 16, "validation_count": 0, "random_crop": False, "flip": False},
+        "optim": {"batch_size": 2, "lr": 1e-3, "snr_gamma": 5.0, "edit_weight": 4.0},
+        "run": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "checkpoint_every": 0, "device": "cpu",
+                "tensorboard": False},
+    })
+    result = train(cfg, export=False)
+    assert len(result.losses) == 2 and all(np.isfinite(result.losses))
+    base = tmp_path / "run" / "base"
+    assert json.loads((base / "unet" / "config.json").read_text())["_class_name"] == "ResidualUNet2DConditionModel"
+    assert json.loads((base / "vae" / "config.json").read_text())["_class_name"] == "PixelUnshuffleAutoencoder"
+    shipped, step0 = (load_file(next((d / "unet").glob("*.safetensors"))) for d in (x0_model, base))
+    assert shipped.keys() == step0.keys() and all(torch.equal(shipped[k], step0[k]) for k in shipped)
+
+
+def test_edit_weight_on_a_base_with_a_learned_autoencoder_is_one_error(tmp_path):
+    from ip2p.components import save_diffusers
+    from ip2p.tiny import build_tiny_components
+
+    base = save_diffusers(build_tiny_components(seed=1), tmp_path / "base")
+    data = write_ip2p(tmp_path / "d", 4, size=16)
+    cfg = TrainConfig.from_mapping({
+        "model": {"start": "ip2p", "base": str(base)},
+        "data": {"path": str(data), "resolution": 16, "validation_count": 0},
+        "optim": {"batch_size": 2, "edit_weight": 4.0},
+        "run": {"output_dir": str(tmp_path / "run"), "max_steps": 1, "device": "cpu", "tensorboard": False},
+    })
+    with pytest.raises(BadOptions, match="edit_weight .* has a learned autoencoder, not an exact one"):
+        train(cfg, export=False)
+
+
 def test_image_from_stock_loader_without_passing_classes(x0_model):
     """model_index.json names ip2p's classes, so a plain from_pretrained (ip2p installed) loads them too."""
     from diffusers import StableDiffusionInstructPix2PixPipeline

@@ -564,5 +564,22 @@ def vocabulary() -> list[str]:
     return sorted({w for text in texts for w in _WORD.findall(text.lower())})
 
 
+def content_words() -> list[str]:
+    """The words that carry an instruction's content, sorted: the slot fillers (colours, shapes,
+    places, sizes, numbers) and the words that name a global edit (night, brighter, negative, ...).
+
+    Training replaces *other* words by unknown ones (``data.unknown_words``) so that a model learns
+    to read an edit from these and not from one template's verb; held-out templates use new verbs.
+    """
+    texts = list(COLORS) + list(KINDS) + list(PLURALS.values()) + list(SIZES) + list(DIRECTIONS) + list(PLACES)
+    texts += list(NUMBERS.values()) + list(REMOVE_NUMBERS.values())
+    texts += [w for words in RESIZE_WORDS.values() for w in words.values()]
+    texts += ["left right top bottom leftmost rightmost topmost lowest background",
+              "night nighttime dark darker darken dim evening lights brightness bright brighter brighten light",
+              "lighten lighter pale sunny washed fade invert inverted negative opposite reverse flip grayscale",
+              "greyscale gray grey desaturate monochrome color colors colour colours"]
+    return sorted({w for text in texts for w in _WORD.findall(text.lower())})
+
+
 #: Words the output captions of global edits add.
 GLOBAL_CAPTION_WORDS = "a black and white picture of an inverted at night bright"

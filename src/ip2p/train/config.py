@@ -96,6 +96,13 @@ class DataConfig:
     num_workers: int = 0
     cache_latents: str = "auto"  # auto: when the VAE is frozen and augmentation is off
     validation_count: int = 4  # the first N valid samples are the fixed validation edits
+    # Share of instructions that get one made-up word, replacing a word outside keep_words or
+    # inserted: a model trained on a few templates then reads an edit from its content words and
+    # copes with verbs it never saw. 0 = off.
+    unknown_words: float = 0.0
+    # Words never replaced, separated by spaces, or "shapes" for the shapes world's content words
+    # (ip2p.shapes.phrasing.content_words).
+    keep_words: str = ""
 
 
 @dataclass
@@ -218,7 +225,7 @@ class TrainConfig:
         if not 0 < o.final_lr_ratio <= 1:
             raise BadOptions(f"optim.final_lr_ratio must be in (0, 1], got {o.final_lr_ratio}")
         _positive("optim.edit_weight", o.edit_weight, zero_ok=True)
-        if o.edit_weight and m.autoencoder != "pixel_unshuffle":
+        if o.edit_weight and m.start == "scratch" and m.autoencoder != "pixel_unshuffle":  # a base's: at load
             raise BadOptions("optim.edit_weight finds the edit as latent pixels that differ: it needs model.autoencoder "
                              "pixel_unshuffle (an exact latent)")
         _positive("model.lora_rank", m.lora_rank, zero_ok=True)
@@ -257,6 +264,8 @@ class TrainConfig:
             raise BadOptions("data.cache_latents: latents can only be cached with augmentation off (random_crop, "
                              "flip, resize_max): a flipped or re-cropped image has a different latent")
         _positive("data.num_workers", d.num_workers, zero_ok=True)
+        if not 0 <= d.unknown_words <= 1:
+            raise BadOptions(f"data.unknown_words must be a probability in [0, 1], got {d.unknown_words}")
         _positive("data.validation_count", d.validation_count, zero_ok=True)
         for key in ("max_samples", "resize_max"):
             if getattr(d, key) is not None:

@@ -34,7 +34,7 @@ from ..errors import BadData, BadOptions, Cancelled, first_line
 from ..files import atomic_folder, atomic_path
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .data import EditPairDataset, StreamSampler, collate, open_source
+from .data import EditPairDataset, StreamSampler, collate, keep_word_set, open_source, with_unknown_words
 from .model import EMA, load_start, prepare_trainable, trainable_state
 
 log = logging.getLogger("ip2p.train")
@@ -116,6 +116,7 @@ class _Trainer:
         self.warned: set[int] = set()  # bad samples already warned about (once each)
         self.bad_count = 0
         self.state: TrainState | None = None  # set by run()
+        self.keep_words = keep_word_set(cfg.data.keep_words) if cfg.data.unknown_words else set()
 
     # ---------------------------------------------------------------------------------------
     def emit(self, kind: str, **fields: Any) -> None:
@@ -153,6 +154,12 @@ class _Trainer:
         validation = self._validation_samples(source, size)
 
         components = self._base_model(base_dir, source, dataset, size)
+        if cfg.optim.edit_weight:
+            from ..architectures import PixelUnshuffleAutoencoder
+
+            if not isinstance(components.vae, PixelUnshuffleAutoencoder):
+                raise BadOptions(f"optim.edit_weight finds the edit as latent pixels that differ: {cfg.model.base} "
+                                 "has a learned autoencoder, not an exact one (pixel_unshuffle)")
         denoiser = prepare_trainable(components, cfg)
         rank_state = None
         if latest is not None:
@@ -402,8 +409,11 @@ class _Trainer:
             u = torch.rand(b, generator=gen)
             drop_text = u < o.drop_text + o.drop_both
             drop_image = (u >= o.drop_text) & (u < o.drop_text + o.drop_both + o.drop_image)
+            texts = batch["text"]
+            if self.cfg.data.unknown_words:
+                texts = with_unknown_words(texts, self.cfg.data.unknown_words, self.keep_words, gen)
             tok = s.components.tokenizer
-            ids = tok(batch["text"], padding="max_length", max_length=tok.model_max_length, truncation=True,
+            ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                       return_tensors="pt").input_ids
             ids = torch.where(drop_text[:, None], s.empty_ids.expand_as(ids), ids).to(device)
             image_latents = image_latents * (~drop_image).to(device, image_latents.dtype)[:, None, None, None]
