@@ -52,7 +52,7 @@ if [ -d "$RUN/checkpoints" ] || [ -d "$RUN/base" ]; then RESUME=(--resume); fi
 # log.csv in the run folder holds loss and samples/s every 10 steps.
 # CPU: PROCS data-parallel processes (torchrun, gloo) of one thread each. On the 2-core machines
 # measured, one process trains 30-45 samples/s whether it has one thread or two, and two
-# one-thread processes 84-93 (run 6): two processes are the fastest use of two cores.
+# one-thread processes 82-93 (run 6): two processes are the fastest use of two cores.
 PROCS=${PROCS:-2}
 if [ "$PROFILE" = gpu ]; then
   LAUNCH=(ip2p train); THREADS_ARGS=()

@@ -558,9 +558,18 @@ def vocabulary() -> list[str]:
     Words are split the way CLIP's pre-tokenizer splits them (lower case, punctuation apart).
     """
     texts = [_SLOT.sub(" ", t) for kind in TEMPLATES for t in TEMPLATES[kind] + HELD_OUT[kind]]
-    texts += list(COLORS) + list(KINDS) + list(PLURALS.values()) + list(SIZES) + list(DIRECTIONS)
-    texts += list(NUMBERS.values()) + list(REMOVE_NUMBERS.values()) + [w for words in RESIZE_WORDS.values() for w in words.values()]
-    texts += list(PLACES) + [REFERENCE_WORDS, CAPTION_WORDS, GLOBAL_CAPTION_WORDS]
+    texts += _slot_fillers() + [REFERENCE_WORDS, CAPTION_WORDS, GLOBAL_CAPTION_WORDS]
+    return _words(texts)
+
+
+def _slot_fillers() -> list[str]:
+    """What fills a template's slots: colours, kinds, plurals, sizes, directions, numbers, places."""
+    texts = list(COLORS) + list(KINDS) + list(PLURALS.values()) + list(SIZES) + list(DIRECTIONS) + list(PLACES)
+    return texts + list(NUMBERS.values()) + list(REMOVE_NUMBERS.values()) + [
+        w for words in RESIZE_WORDS.values() for w in words.values()]
+
+
+def _words(texts: list[str]) -> list[str]:
     return sorted({w for text in texts for w in _WORD.findall(text.lower())})
 
 
@@ -571,14 +580,11 @@ def content_words() -> list[str]:
     Training replaces *other* words by unknown ones (``data.unknown_words``) so that a model learns
     to read an edit from these and not from one template's verb; held-out templates use new verbs.
     """
-    texts = list(COLORS) + list(KINDS) + list(PLURALS.values()) + list(SIZES) + list(DIRECTIONS) + list(PLACES)
-    texts += list(NUMBERS.values()) + list(REMOVE_NUMBERS.values())
-    texts += [w for words in RESIZE_WORDS.values() for w in words.values()]
-    texts += ["left right top bottom leftmost rightmost topmost lowest background",
-              "night nighttime dark darker darken dim evening lights brightness bright brighter brighten light",
-              "lighten lighter pale sunny washed fade invert inverted negative opposite reverse flip grayscale",
-              "greyscale gray grey desaturate monochrome color colors colour colours"]
-    return sorted({w for text in texts for w in _WORD.findall(text.lower())})
+    return _words(_slot_fillers() + [
+        "left right top bottom leftmost rightmost topmost lowest background",
+        "night nighttime dark darker darken dim evening lights brightness bright brighter brighten light",
+        "lighten lighter pale sunny washed fade invert inverted negative opposite reverse flip grayscale",
+        "greyscale gray grey desaturate monochrome color colors colour colours"])
 
 
 #: Words the output captions of global edits add.
