@@ -6,7 +6,7 @@
 #                                         # the cosine learning-rate decay is laid over MAX_STEPS)
 #   PROFILE=gpu scripts/train_demo.sh     # the larger GPU recipe (runs/demo-shapes-gpu)
 #   PROCS=1 scripts/train_demo.sh         # one training process (per-process batch stays 64)
-#   FROM=carried scripts/train_demo.sh    # continue from the carried weights (checkpoints/demo-run6) as
+#   FROM=carried scripts/train_demo.sh    # continue from the carried weights (checkpoints/demo-carried) as
 #                                         # step 0, on 30,000 new triplets (configs/demo-shapes-continue.yaml)
 #
 # Every stage resumes: `ip2p shapes make` skips finished shards, `ip2p train --resume` continues
@@ -31,11 +31,11 @@ if [ "$PROFILE" = gpu ]; then
   RUN=runs/demo-shapes-gpu
   MAX_STEPS=${MAX_STEPS:-6000}
 elif [ "${FROM:-}" = carried ]; then
-  [ -f checkpoints/demo-run6/model_index.json ] || { echo "FROM=carried: checkpoints/demo-run6 is missing" >&2; exit 1; }
+  [ -f checkpoints/demo-carried/model_index.json ] || { echo "FROM=carried: checkpoints/demo-carried is missing" >&2; exit 1; }
   DATA=runs/data/shapes-more; START=30000
   CONFIG=configs/demo-shapes-continue.yaml
   RUN=runs/demo-shapes-continue
-  MAX_STEPS=${MAX_STEPS:-5000}
+  MAX_STEPS=${MAX_STEPS:-3400}   # run 7 (docs/demo-model.md)
 else
   CONFIG=configs/demo-shapes.yaml
   RUN=runs/demo-shapes

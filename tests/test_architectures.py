@@ -159,6 +159,21 @@ def test_config_checks_for_the_new_keys(tmp_path):
         x0_config(tmp_path / "r", data, prediction_type="flow").check()
 
 
+def test_head_channels_set_the_attention_heads_per_level(tmp_path):
+    from ip2p.train.model import build_scratch
+
+    def heads(cfg):
+        unet = build_scratch(cfg.check(), ["make it red"]).unet
+        return sorted({(m.heads, m.inner_dim // m.heads) for m in unet.modules() if type(m).__name__ == "Attention"})
+
+    data = tmp_path / "d"
+    # the default: diffusers' attention_head_dim 8 is 8 heads, 4 and 8 channels each at widths 32 and 64
+    assert heads(x0_config(tmp_path / "r", data)) == [(8, 4), (8, 8)]
+    assert heads(x0_config(tmp_path / "r", data, unet_head_channels=16)) == [(2, 16), (4, 16)]
+    with pytest.raises(BadOptions, match=r"model.unet_widths must be multiples of model.unet_head_channels \(24\)"):
+        x0_config(tmp_path / "r", data, unet_head_channels=24).check()
+
+
 def test_x0_training_lowers_the_loss(tmp_path):
     data = write_ip2p(tmp_path / "d", 4, size=16)
     cfg = x0_config(tmp_path / "run", data)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ..errors import BadImage, Ip2pError
+from .common import add_threads_option
 
 
 def _read(name: str) -> bytes:
@@ -75,4 +76,5 @@ def register(sub) -> None:
     g.add_argument("--input", default=None, help="the input image to replay from (default: the recorded path)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
+    add_threads_option(g)  # a CPU replay is bit for bit at the edit's own thread count (docs/provenance.md)
     p.set_defaults(func=run)

@@ -41,7 +41,10 @@ class ModelConfig:
     # from-scratch architecture
     unet_widths: list[int] = field(default_factory=lambda: [64, 128, 256])
     unet_layers_per_block: int = 1
+    # diffusers reads UNet2DConditionModel's attention_head_dim as the number of heads: 8 heads at every
+    # level, so 4 channels a head at a width of 32. unet_head_channels > 0 sets channels a head instead.
     unet_attention_head_dim: int = 8
+    unet_head_channels: int = 0
     text_hidden_size: int = 128
     text_layers: int = 2
     text_heads: int = 4
@@ -240,6 +243,10 @@ class TrainConfig:
                                      f"({g}), got {widths}")
             if len(m.unet_widths) < 2:
                 raise BadOptions("model.unet_widths needs at least two levels")
+            _positive("model.unet_head_channels", m.unet_head_channels, zero_ok=True)
+            if m.unet_head_channels and any(w % m.unet_head_channels for w in m.unet_widths):
+                raise BadOptions(f"model.unet_widths must be multiples of model.unet_head_channels "
+                                 f"({m.unet_head_channels}), got {m.unet_widths}")
             if m.text_hidden_size % m.text_heads:
                 raise BadOptions("model.text_hidden_size must be a multiple of model.text_heads")
             for key in ("unet_layers_per_block", "unet_attention_head_dim", "text_layers", "text_max_length",

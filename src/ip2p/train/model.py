@@ -109,13 +109,15 @@ def build_scratch(cfg: TrainConfig, instructions: list[str]) -> Components:
     if m.residual:
         from ..architectures import ResidualUNet2DConditionModel as unet_class
     n = len(m.unet_widths)
+    # diffusers' attention_head_dim is the number of heads (one for all levels, or one per level)
+    heads = tuple(w // m.unet_head_channels for w in m.unet_widths) if m.unet_head_channels else m.unet_attention_head_dim
     unet = unet_class(
         sample_size=cfg.data.resolution // 2 ** (levels - 1),
         in_channels=2 * channels, out_channels=channels,
         block_out_channels=tuple(m.unet_widths), layers_per_block=m.unet_layers_per_block,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
-        cross_attention_dim=m.text_hidden_size, attention_head_dim=m.unet_attention_head_dim,
+        cross_attention_dim=m.text_hidden_size, attention_head_dim=heads,
         norm_num_groups=m.unet_norm_groups,
     )
     if m.residual:  # the change starts at zero: the step-0 model returns the input image
