@@ -6,8 +6,8 @@ mean and largest error outside the true mask (0-255 scale; ``free`` pixels an an
 change are left out) and the shapes scorer's success.
 
 Two figures explain what ``--mask auto`` can do on a given model. ``auto_floor_mae``: the unmasked
-edit's error outside the true mask counted only where the auto mask (made from that same unmasked
-output, which is the first pass) covers it: error there is what the model changed strongly in the
+edit's error outside the true mask counted only where the mask the auto edit used covers it (the
+unmasked edit is that auto edit's first pass: same seed, same settings): error there is what the model changed strongly in the
 wrong place, and no mask made from the change can remove it. ``auto_when_right``: unmasked and auto
 error on the examples whose unmasked edit passed its kind's rule (the model edited the right thing).
 
@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 KINDS = ("recolor_object", "recolor_background", "remove_object", "add_object",
          "grayscale", "invert", "darken", "brighten")
@@ -62,8 +61,6 @@ def main(argv=None) -> int:
     import torch
 
     from ip2p.editor import Editor
-    from ip2p.masks import change_mask
-    from ip2p.options import BY_NAME
     from ip2p.shapes.edits import make_example
     from ip2p.shapes.score import score_edit
 
@@ -78,8 +75,9 @@ def main(argv=None) -> int:
     rows: dict[str, dict[str, list]] = {kind: {way: [] for way in WAYS} for kind in KINDS}
     floors: dict[str, list[float]] = {kind: [] for kind in KINDS}
     right: dict[str, list[int]] = {kind: [] for kind in KINDS}  # indices whose unmasked edit passed its rule
-    threshold = BY_NAME["mask_threshold"].default if args.mask_threshold is None else args.mask_threshold
-    dilation = BY_NAME["mask_dilation"].default if args.mask_dilation is None else args.mask_dilation
+    auto = {k: v for k, v in (("mask_threshold", args.mask_threshold), ("mask_dilation", args.mask_dilation))
+            if v is not None}
+    auto_used: dict[str, float] = {}
     started = time.perf_counter()
     seed = 0
     for kind in KINDS:
@@ -88,19 +86,21 @@ def main(argv=None) -> int:
             seed += 1
             masks = {"unmasked": (None, {}), "true mask": (example.mask, {}),
                      "true mask, feather 0": (example.mask, {"mask_feather": 0}),
-                     "auto mask": ("auto", {"mask_threshold": threshold, "mask_dilation": dilation})}
+                     "auto mask": ("auto", auto)}
             for way, (mask, extra) in masks.items():
-                image = editor.edit(example.before, example.instruction, seed=example.seed, resolution=args.size,
-                                    mask=mask, **extra).image
-                output = np.asarray(image)
+                result = editor.edit(example.before, example.instruction, seed=example.seed, resolution=args.size,
+                                     mask=mask, **extra)
+                output = np.asarray(result.image)
                 mean, worst = outside_error(example, output)
                 score = score_edit(example, output)
                 rows[kind][way].append({"outside_mae": mean, "outside_max": worst, "success": score["success"]})
                 if way == "unmasked":
-                    covered = change_mask(Image.fromarray(example.before), image, threshold, dilation)
-                    floors[kind].append(outside_error(example, output, within=covered)[0])
+                    unmasked = output
                     if score["kind_ok"]:
                         right[kind].append(len(rows[kind][way]) - 1)
+                elif way == "auto mask":
+                    floors[kind].append(outside_error(example, unmasked, within=result.masks[0])[0])
+                    auto_used = {k: result.params[0][k] for k in ("mask_threshold", "mask_dilation")}
         print(f"{kind}: done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
 
     table = {}
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
               "edit_settings": editor.recommended or "global defaults", "load": args.load,
               "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
                          f"{torch.get_num_threads()} threads",
-              "auto_mask": {"threshold": threshold, "dilation": dilation}, "date": time.strftime("%Y-%m-%d"),
+              "auto_mask": auto_used, "date": time.strftime("%Y-%m-%d"),
               "seconds": round(time.perf_counter() - started, 1), "rows": table}
     text = json.dumps(report, indent=2)
     if args.out:
