@@ -7,7 +7,9 @@
 #   PROFILE=gpu scripts/train_demo.sh     # the larger GPU recipe (runs/demo-shapes-gpu)
 #   PROCS=1 scripts/train_demo.sh         # one training process (per-process batch stays 64)
 #   FROM=carried scripts/train_demo.sh    # continue from the carried weights (checkpoints/demo-carried) as
-#                                         # step 0, on 30,000 new triplets (configs/demo-shapes-continue.yaml)
+#                                         # step 0, on 40,000 new triplets (configs/demo-shapes-continue.yaml)
+#   FROM=carried START=100000 DATA=runs/data/shapes-run9 scripts/train_demo.sh
+#                                         # the same on triplets no earlier run saw
 #
 # Every stage resumes: `ip2p shapes make` skips finished shards, `ip2p train --resume` continues
 # the run folder exactly from its latest checkpoint.
@@ -17,6 +19,10 @@ cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-cpu}
 if [ "$PROFILE" = gpu ]; then
   DATA=${DATA:-runs/data/shapes-60k}; N=${N:-60000}; WORKERS=${WORKERS:-16}
+elif [ "${FROM:-}" = carried ]; then
+  # Run 8's continuation (docs/demo-model.md): 40,000 triplets from index 60,000 (runs 6 and 7 had
+  # 0-59,999); set DATA and START for triplets no run has seen.
+  DATA=${DATA:-runs/data/shapes-run8}; START=${START:-60000}; N=${N:-40000}; WORKERS=${WORKERS:-2}
 else
   DATA=${DATA:-runs/data/shapes}; N=${N:-30000}; WORKERS=${WORKERS:-2}
 fi
@@ -24,7 +30,13 @@ BENCH_N=${BENCH_N:-240}
 # Edit-kind mix: recolour / remove / add weighted 3x, background recolour 2x, the four global edits
 # 1x (move, resize and count are left for a later, longer run). make_example draws uniformly from
 # this list, so repeating a kind weights it.
-KINDS=${KINDS:-recolor_object,recolor_object,recolor_object,recolor_background,recolor_background,remove_object,remove_object,remove_object,add_object,add_object,add_object,grayscale,invert,darken,brighten}
+# A continuation (FROM=carried) weights the object edits higher still: recolour object 6x, remove 4x,
+# add and background 3x, grayscale 2x (run 8).
+if [ "${FROM:-}" = carried ]; then
+  KINDS=${KINDS:-recolor_object,recolor_object,recolor_object,recolor_object,recolor_object,recolor_object,recolor_background,recolor_background,recolor_background,remove_object,remove_object,remove_object,remove_object,add_object,add_object,add_object,grayscale,grayscale,invert,darken,brighten}
+else
+  KINDS=${KINDS:-recolor_object,recolor_object,recolor_object,recolor_background,recolor_background,remove_object,remove_object,remove_object,add_object,add_object,add_object,grayscale,invert,darken,brighten}
+fi
 
 if [ "$PROFILE" = gpu ]; then
   CONFIG=configs/demo-shapes-gpu.yaml
@@ -32,10 +44,9 @@ if [ "$PROFILE" = gpu ]; then
   MAX_STEPS=${MAX_STEPS:-6000}
 elif [ "${FROM:-}" = carried ]; then
   [ -f checkpoints/demo-carried/model_index.json ] || { echo "FROM=carried: checkpoints/demo-carried is missing" >&2; exit 1; }
-  DATA=runs/data/shapes-more; START=30000
   CONFIG=configs/demo-shapes-continue.yaml
-  RUN=runs/demo-shapes-continue
-  MAX_STEPS=${MAX_STEPS:-3400}   # run 7 (docs/demo-model.md)
+  RUN=${RUN:-runs/demo-shapes-continue}
+  MAX_STEPS=${MAX_STEPS:-3300}   # run 8: 1 h 55 min at 60-72 samples/s on two processes (docs/demo-model.md)
 else
   CONFIG=configs/demo-shapes.yaml
   RUN=runs/demo-shapes
@@ -61,7 +72,8 @@ elif [ "$PROCS" -gt 1 ]; then
 else
   LAUNCH=(ip2p train); THREADS_ARGS=(--threads "${THREADS:-1}")
 fi
-time "${LAUNCH[@]}" --config "$CONFIG" --max-steps "$MAX_STEPS" "${THREADS_ARGS[@]}" "${RESUME[@]}"
+time "${LAUNCH[@]}" --config "$CONFIG" --max-steps "$MAX_STEPS" --data "$DATA" --output "$RUN" \
+  "${THREADS_ARGS[@]}" "${RESUME[@]}"
 
 echo "== export the EMA weights -> src/ip2p/data/models/demo"
 LAST=$(ls -d "$RUN"/checkpoints/step-* | sort | tail -n 1)

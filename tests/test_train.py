@@ -440,12 +440,13 @@ def test_cli_trains_and_exports(tmp_path, t2i_dir, capsys):
     data = write_jsonl(tmp_path / "d", 3)
     cfg = tiny_config(tmp_path, data, t2i_dir).to_dict()
     cfg["run"].update(max_steps=2, checkpoint_every=2)
+    cfg["data"]["path"] = str(tmp_path / "not-here")  # --data below names the real folder
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     out = tmp_path / "cli-run"
     proc = subprocess.run([sys.executable, "-m", "ip2p", "train", "--config", str(path), "--output", str(out),
-                           "--threads", "1"],
+                           "--data", str(data), "--threads", "1"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "trained 2 steps" in proc.stdout and "unet" in proc.stderr  # tqdm bar on stderr

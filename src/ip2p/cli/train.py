@@ -15,6 +15,7 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in the output folder from its latest checkpoint")
     p.add_argument("--max-steps", type=int, help="override run.max_steps")
     p.add_argument("--output", help="override run.output_dir")
+    p.add_argument("--data", help="override data.path (the same recipe on another folder of triplets)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_threads_option(p)
     p.set_defaults(func=run)
@@ -47,6 +48,8 @@ def run(args) -> int:
         config.run.max_steps = args.max_steps
     if args.output:
         config.run.output_dir = args.output
+    if args.data:
+        config.data.path = args.data
     bar = _Progress(enabled=not args.no_progress)
     try:
         result = train(config, resume=args.resume, callback=bar)
