@@ -56,6 +56,23 @@ def test_edit_writes_png_with_params_and_replays(tmp_path, model_dir, photo):
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(image))
 
 
+def test_replay_runs_at_the_recorded_cpu_threads(tmp_path, model_dir, photo):
+    # another thread count sums in another order (a pixel may move by a level): replay uses the edit's
+    out, again = tmp_path / "out.png", tmp_path / "again.png"
+    run = ip2p("edit", photo, "-i", "make it blue", "-o", out, "--model", model_dir, "--steps", 3, "--seed", 2,
+               "--threads", 1)
+    assert run.returncode == 0, run.stderr.decode()
+    params = json.loads(ip2p("show-params", out, "--json").stdout)
+    assert params["device"] == "cpu" and params["cpu_threads"] == 1
+    run = ip2p("edit", photo, "--replay", out, "-o", again, "--threads", 2)  # --threads wins: no note
+    assert run.returncode == 0 and b"as recorded" not in run.stderr
+    assert json.loads(ip2p("show-params", again, "--json").stdout)["cpu_threads"] == 2
+    run = ip2p("edit", photo, "--replay", out, "-o", again)
+    assert run.returncode == 0, run.stderr.decode()
+    assert json.loads(ip2p("show-params", again, "--json").stdout)["cpu_threads"] == 1
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(out)))
+
+
 def test_stdin_to_stdout_and_quiet(model_dir, photo):
     run = ip2p("edit", "-", "-i", "x", "-o", "-", "--model", model_dir, "--steps", 2, "--seed", 1, "-q",
                stdin=photo.read_bytes())

@@ -528,11 +528,16 @@ class Editor:
             "working_height": working.size[1],
             "model": self.model_name,
             "dtype": str(self.dtype).removeprefix("torch."),
+            "device": self.device.type,
             "input_sha256": pixel_digest(source),
             "ip2p_version": __version__,
         })
         if name:
             params["input"] = name
+        if self.device.type == "cpu":
+            # Another CPU thread count sums in another order (a pixel may move by one level); a
+            # replay runs at this one (ip2p.provenance.replay, ip2p edit --replay).
+            params["cpu_threads"] = torch.get_num_threads()
         if self.runner.mode != "default":
             params["mode"] = self.runner.mode  # "approx" output differs from the default mode's
         return params

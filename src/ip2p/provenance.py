@@ -367,11 +367,12 @@ def _mime(data: bytes) -> str:
 
 
 def verify(data: bytes, name: str = "image", *, trust_anchors: bytes | None = None, editor: Any = None,
-           source: Any = None) -> dict[str, Any]:
+           source: Any = None, threads: int | None = None) -> dict[str, Any]:
     """Everything a file says about where it came from: the watermark (and whether its edit id
     matches the parameters), the C2PA manifest, and the ip2p parameters. With ``editor`` (a loaded
     :class:`~ip2p.editor.Editor`) the edit is replayed from ``source`` (else the recorded input
-    path) and the pixels compared. Raises :class:`BadImage` only when ``data`` is not an image."""
+    path) and the pixels compared, at ``threads`` CPU threads (default: the recorded count).
+    Raises :class:`BadImage` only when ``data`` is not an image."""
     from .images import load_image, read_params
 
     image = load_image(data)
@@ -390,12 +391,18 @@ def verify(data: bytes, name: str = "image", *, trust_anchors: bytes | None = No
     if params is not None:
         report["params"].update({k: params[k] for k in ("instruction", "seed", "model", "watermark") if k in params})
         if editor is not None:
-            report["params"]["replay"] = replay(editor, params, data, source)
+            report["params"]["replay"] = replay(editor, params, data, source, threads)
     return report
 
 
-def replay(editor: Any, params: Mapping[str, Any], data: bytes, source: Any = None) -> dict[str, Any]:
-    """Re-run the recorded edit and compare its pixels, encoded as the file was, with the file's."""
+def replay(editor: Any, params: Mapping[str, Any], data: bytes, source: Any = None,
+           threads: int | None = None) -> dict[str, Any]:
+    """Re-run the recorded edit and compare its pixels, encoded as the file was, with the file's.
+
+    On a CPU the replay runs at ``threads`` torch threads, by default the edit's own
+    (``cpu_threads``): another count sums in another order and can move a pixel by one level."""
+    import torch
+
     from .images import encode_image, load_image
     from .options import REPLAYED, EditOptions
 
@@ -407,7 +414,15 @@ def replay(editor: Any, params: Mapping[str, Any], data: bytes, source: Any = No
     if not source or (isinstance(source, str) and not Path(source).is_file()):
         return {"checked": False, "note": "the input image is not at hand (give --input)"}
     options = EditOptions.from_mapping({k: params[k] for k in REPLAYED if k in params})
-    result = editor.edit_with([load_image(source)], params["instruction"], options)
+    on_cpu = getattr(editor, "device", torch.device("cpu")).type == "cpu"
+    threads = threads or (params.get("cpu_threads") if on_cpu else None)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        result = editor.edit_with([load_image(source)], params["instruction"], options)
+    finally:
+        torch.set_num_threads(before)
     if params.get("input_sha256") not in (None, result.params[0]["input_sha256"]):
         return {"checked": False, "note": "the input at hand is not the recorded input (its pixels differ)"}
     fmt = {"image/jpeg": "jpeg", "image/webp": "webp"}.get(_mime(data), "png")
@@ -416,7 +431,8 @@ def replay(editor: Any, params: Mapping[str, Any], data: bytes, source: Any = No
     if again.shape != pixels.shape:
         return {"checked": True, "reproduced": False, "note": f"the replay is {again.shape[1]}x{again.shape[0]}"}
     difference = int(np.abs(again - pixels).max())
-    return {"checked": True, "reproduced": difference == 0, "max_difference": difference}
+    report = {"checked": True, "reproduced": difference == 0, "max_difference": difference}
+    return report | ({"cpu_threads": int(threads)} if on_cpu and threads else {})
 
 
 def _actions_text(actions: list[dict[str, Any]]) -> str:

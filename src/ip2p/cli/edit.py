@@ -80,6 +80,8 @@ def run_edit(args) -> int:
         raise BadOptions("--save-mask needs --mask", param="--save-mask")
 
     editor = load_editor_for(args)
+    if args.replay:
+        _replay_threads(args, recorded, editor)
     bar = ProgressBar(not args.quiet)
     try:
         result = editor.edit_with([image], instruction, options, callback=bar, batch_size=args.batch_size,
@@ -110,6 +112,19 @@ def run_edit(args) -> int:
             if not args.quiet:
                 print(f"wrote {path} (seed {params['seed']})", file=sys.stderr)
     return 0
+
+
+def _replay_threads(args, recorded: dict, editor) -> None:
+    """A CPU replay runs at the edit's recorded thread count unless --threads says otherwise:
+    another count sums in another order and can move a pixel by one level."""
+    import torch
+
+    threads = recorded.get("cpu_threads")
+    if getattr(args, "threads", None) is None and editor.device.type == "cpu" and isinstance(threads, int) \
+            and threads >= 1 and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+        if not args.quiet:
+            print(f"note: replaying at {threads} CPU thread{'s' if threads > 1 else ''}, as recorded", file=sys.stderr)
 
 
 def _replayed_mask(args, recorded: dict, size: tuple[int, int]):

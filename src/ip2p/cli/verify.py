@@ -47,7 +47,8 @@ def run(args) -> int:
     reports, failed = [], False
     for name in args.files:
         try:
-            reports.append(verify(_read(name), name, trust_anchors=anchors, editor=editor, source=args.input))
+            reports.append(verify(_read(name), name, trust_anchors=anchors, editor=editor, source=args.input,
+                                  threads=args.threads))
         except Ip2pError as exc:
             failed = True
             print(f"ip2p: error: {exc}", file=sys.stderr)
@@ -76,5 +77,5 @@ def register(sub) -> None:
     g.add_argument("--input", default=None, help="the input image to replay from (default: the recorded path)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
-    add_threads_option(g)  # a CPU replay is bit for bit at the edit's own thread count (docs/provenance.md)
+    add_threads_option(g)  # default for a replay: the edit's recorded cpu_threads (docs/provenance.md)
     p.set_defaults(func=run)
