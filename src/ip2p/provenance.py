@@ -395,12 +395,23 @@ def verify(data: bytes, name: str = "image", *, trust_anchors: bytes | None = No
     return report
 
 
+def replay_threads(params: Mapping[str, Any], device: Any, requested: int | None = None) -> int | None:
+    """The torch thread count a replay runs at: ``requested`` when given, else on a CPU the edit's
+    recorded ``cpu_threads`` (another count sums in another order and can move a pixel by one
+    level), else None (leave torch's)."""
+    if requested:
+        return requested
+    threads = params.get("cpu_threads")
+    if getattr(device, "type", None) == "cpu" and isinstance(threads, int) and threads >= 1:
+        return threads
+    return None
+
+
 def replay(editor: Any, params: Mapping[str, Any], data: bytes, source: Any = None,
            threads: int | None = None) -> dict[str, Any]:
     """Re-run the recorded edit and compare its pixels, encoded as the file was, with the file's.
 
-    On a CPU the replay runs at ``threads`` torch threads, by default the edit's own
-    (``cpu_threads``): another count sums in another order and can move a pixel by one level."""
+    It runs at :func:`replay_threads`: ``threads`` if given, else on a CPU the edit's own count."""
     import torch
 
     from .images import encode_image, load_image
@@ -414,11 +425,11 @@ def replay(editor: Any, params: Mapping[str, Any], data: bytes, source: Any = No
     if not source or (isinstance(source, str) and not Path(source).is_file()):
         return {"checked": False, "note": "the input image is not at hand (give --input)"}
     options = EditOptions.from_mapping({k: params[k] for k in REPLAYED if k in params})
-    on_cpu = getattr(editor, "device", torch.device("cpu")).type == "cpu"
-    threads = threads or (params.get("cpu_threads") if on_cpu else None)
+    device = getattr(editor, "device", torch.device("cpu"))
+    threads = replay_threads(params, device, threads)
     before = torch.get_num_threads()
     if threads:
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(threads)
     try:
         result = editor.edit_with([load_image(source)], params["instruction"], options)
     finally:
@@ -432,7 +443,7 @@ def replay(editor: Any, params: Mapping[str, Any], data: bytes, source: Any = No
         return {"checked": True, "reproduced": False, "note": f"the replay is {again.shape[1]}x{again.shape[0]}"}
     difference = int(np.abs(again - pixels).max())
     report = {"checked": True, "reproduced": difference == 0, "max_difference": difference}
-    return report | ({"cpu_threads": int(threads)} if on_cpu and threads else {})
+    return report | ({"cpu_threads": threads} if device.type == "cpu" and threads else {})
 
 
 def _actions_text(actions: list[dict[str, Any]]) -> str:

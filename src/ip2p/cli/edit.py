@@ -115,13 +115,14 @@ def run_edit(args) -> int:
 
 
 def _replay_threads(args, recorded: dict, editor) -> None:
-    """A CPU replay runs at the edit's recorded thread count unless --threads says otherwise:
-    another count sums in another order and can move a pixel by one level."""
+    """A CPU replay runs at the edit's recorded thread count unless --threads (already applied)
+    says otherwise (:func:`ip2p.provenance.replay_threads`)."""
     import torch
 
-    threads = recorded.get("cpu_threads")
-    if getattr(args, "threads", None) is None and editor.device.type == "cpu" and isinstance(threads, int) \
-            and threads >= 1 and threads != torch.get_num_threads():
+    from ..provenance import replay_threads
+
+    threads = replay_threads(recorded, editor.device, getattr(args, "threads", None))
+    if threads and threads != torch.get_num_threads():
         torch.set_num_threads(threads)
         if not args.quiet:
             print(f"note: replaying at {threads} CPU thread{'s' if threads > 1 else ''}, as recorded", file=sys.stderr)
