@@ -261,6 +261,43 @@ def test_training_continues_from_a_shipped_x0_model(x0_model, tmp_path):
     assert shipped.keys() == step0.keys() and all(torch.equal(shipped[k], step0[k]) for k in shipped)
 
 
+def test_growing_transformer_layers_keeps_the_trained_model(x0_model, tmp_path):
+    """model.unet_transformer_layers on start ip2p adds layers that start as the identity: the step-0
+    model edits pixel for pixel like the base, then the new layers train and the run resumes."""
+    import ip2p
+    from ip2p.train.model import grow_transformer_layers
+
+    data = write_ip2p(tmp_path / "d", 4, size=16)
+    cfg = TrainConfig.from_mapping({
+        "model": {"start": "ip2p", "base": str(x0_model), "prediction_type": "sample", "train_text_encoder": True,
+                  "unet_transformer_layers": [2, 2]},
+        "data": {"path": str(data), "resolution": 16, "validation_count": 0, "random_crop": False, "flip": False},
+        "optim": {"batch_size": 2, "lr": 1e-3, "snr_gamma": 5.0},
+        "run": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "checkpoint_every": 1, "device": "cpu",
+                "tensorboard": False},
+    })
+    result = train(cfg, export=True)
+    base = tmp_path / "run" / "base"
+    assert json.loads((base / "unet" / "config.json").read_text())["transformer_layers_per_block"] == [2, 2]
+    source, text = make_pair(2, 16)[0], "make the square red"
+    settings = dict(steps=4, seed=3, guidance_scale=3.0, image_guidance_scale=1.2)
+    before = ip2p.load_editor(str(x0_model), device="cpu").edit(source, text, **settings).image
+    step0 = ip2p.load_editor(str(base), device="cpu").edit(source, text, **settings).image
+    assert np.array_equal(np.asarray(before), np.asarray(step0))
+    trained = ip2p.load_editor(str(result.model_dir), device="cpu")
+    blocks = [m for m in trained.components.unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
+    grown = trained.components.unet.mid_block.attentions[0].transformer_blocks[1]
+    # one layer a block in the base (16x16 down, middle, two in the 16x16 up block), two now
+    assert len(blocks) == 8 and grown.ff.net[-1].weight.abs().sum() > 0  # zero at step 0: it trained
+    cfg.run.max_steps = 3
+    assert len(train(cfg, resume=True, export=False).losses) == 1
+    with pytest.raises(BadModel, match=r"has fewer layers than the base UNet's \[2, 2\]"):
+        grow_transformer_layers(trained.components.unet, [1, 2])
+    with pytest.raises(BadOptions, match="model.unet_transformer_layers must be a list of positive integers"):
+        cfg.model.unet_transformer_layers = [0, 2]
+        cfg.check()
+
+
 def test_edit_weight_on_a_base_with_a_learned_autoencoder_is_one_error(tmp_path):
     from ip2p.components import save_diffusers
     from ip2p.tiny import build_tiny_components

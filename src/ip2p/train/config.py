@@ -45,6 +45,10 @@ class ModelConfig:
     # level, so 4 channels a head at a width of 32. unet_head_channels > 0 sets channels a head instead.
     unet_attention_head_dim: int = 8
     unet_head_channels: int = 0
+    # transformer layers (self- plus cross-attention) a block, one number per level, the last also the
+    # middle block's (diffusers' transformer_layers_per_block). With start ip2p, more layers than the
+    # base has grow it: the new layers start as the identity (zero output projections).
+    unet_transformer_layers: list[int] | None = None
     text_hidden_size: int = 128
     text_layers: int = 2
     text_heads: int = 4
@@ -234,6 +238,16 @@ class TrainConfig:
         _positive("model.lora_rank", m.lora_rank, zero_ok=True)
         if m.lora_rank and m.start == "scratch":
             raise BadOptions("model.lora_rank: LoRA adapts a pretrained UNet; a scratch model trains fully")
+        if m.unet_transformer_layers is not None:
+            layers = m.unet_transformer_layers
+            if not isinstance(layers, list) or not layers or any(not isinstance(n, int) or n < 1 for n in layers):
+                raise BadOptions(f"model.unet_transformer_layers must be a list of positive integers, one a level, "
+                                 f"got {layers}")
+            if m.start == "text2image":
+                raise BadOptions("model.unet_transformer_layers applies to start scratch or ip2p, not text2image")
+            if m.start == "scratch" and len(layers) != len(m.unet_widths):
+                raise BadOptions(f"model.unet_transformer_layers needs one number a level "
+                                 f"({len(m.unet_widths)}), got {layers}")
         if m.start == "scratch":
             for part in ("unet", "vae"):
                 g, widths = getattr(m, f"{part}_norm_groups"), getattr(m, f"{part}_widths")

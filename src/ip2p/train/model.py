@@ -1,4 +1,4 @@
-"""The model being trained: starting points, the 8-channel widening, LoRA and EMA.
+"""The model being trained: starting points, the 8-channel widening, growing, LoRA and EMA.
 
 InstructPix2Pix conditions the UNet on the input image by concatenating its latent to the noisy
 latent along channels (Brooks et al. 2023, Sec. 3.2), so a text-to-image UNet's first convolution
@@ -38,6 +38,44 @@ def widen_conv_in(unet, in_channels: int = 8):
     return unet
 
 
+def grow_transformer_layers(unet, layers: list[int]):
+    """``unet`` with ``layers`` transformer layers a level; the added ones start as the identity.
+
+    A transformer layer adds its self-attention, cross-attention and feed-forward outputs to its
+    input, so with those three output projections at zero a new layer passes its input through and
+    the grown UNet computes what the trained one did (net2net-style growth, Chen et al. 2016).
+    """
+    from diffusers.models.attention import BasicTransformerBlock
+
+    config = dict(unet.config)
+    old = config["transformer_layers_per_block"]
+    old = [old] * len(config["down_block_types"]) if isinstance(old, int) else list(old)
+    if config.get("reverse_transformer_layers_per_block") is not None or any(isinstance(n, list) for n in old):
+        raise BadModel("model.unet_transformer_layers: the base UNet sets its layers block by block; "
+                       "only one number a level can be grown")
+    if len(layers) != len(old):
+        raise BadModel(f"model.unet_transformer_layers needs one number a level ({len(old)}), got {layers}")
+    if any(n < o for n, o in zip(layers, old, strict=True)):
+        raise BadModel(f"model.unet_transformer_layers {layers} has fewer layers than the base UNet's {old}")
+    if layers == old:
+        return unet
+    grown = type(unet).from_config({**config, "transformer_layers_per_block": list(layers)})
+    missing, unexpected = grown.load_state_dict(unet.state_dict(), strict=False)
+    new = [name for name, m in grown.named_modules()
+           if isinstance(m, BasicTransformerBlock) and f"{name}.attn1.to_q.weight" in missing]
+    if unexpected or any(not any(key.startswith(name + ".") for name in new) for key in missing):
+        raise BadModel("model.unet_transformer_layers: the grown UNet does not hold the base's weights")
+    with torch.no_grad():
+        for name in new:
+            block = grown.get_submodule(name)
+            for out in (block.attn1.to_out[0], block.attn2.to_out[0], block.ff.net[-1]):
+                out.weight.zero_()
+                out.bias.zero_()
+    if (grown.dtype, grown.device) != (unet.dtype, unet.device):
+        grown.to(dtype=unet.dtype, device=unet.device)
+    return grown
+
+
 # --------------------------------------------------------------------------------------------
 # starting points
 
@@ -51,6 +89,8 @@ def load_start(cfg: TrainConfig, instructions: list[str]) -> Components:
         from ..models import load_components
 
         components = load_components(m.base, device="cpu", dtype="fp32")
+        if m.unet_transformer_layers:
+            components.unet = grow_transformer_layers(components.unet, m.unet_transformer_layers)
     else:
         components = load_text2image(m.base)
         widen_conv_in(components.unet, 2 * components.vae.config.latent_channels)
@@ -118,7 +158,7 @@ def build_scratch(cfg: TrainConfig, instructions: list[str]) -> Components:
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
         cross_attention_dim=m.text_hidden_size, attention_head_dim=heads,
-        norm_num_groups=m.unet_norm_groups,
+        norm_num_groups=m.unet_norm_groups, transformer_layers_per_block=m.unet_transformer_layers or 1,
     )
     if m.residual:  # the change starts at zero: the step-0 model returns the input image
         torch.nn.init.zeros_(unet.conv_out.weight)
