@@ -10,8 +10,6 @@
 #                                         # step 0, on 40,000 new triplets (configs/demo-shapes-continue.yaml)
 #   FROM=carried START=100000 DATA=runs/data/shapes-run9 scripts/train_demo.sh
 #                                         # the same on triplets no earlier run saw
-#   CONFIG=configs/demo-shapes-grow.yaml FROM=carried ...
-#                                         # another continuation recipe (run 10's arm B grows the UNet)
 #
 # Every stage resumes: `ip2p shapes make` skips finished shards, `ip2p train --resume` continues
 # the run folder exactly from its latest checkpoint.
@@ -48,7 +46,7 @@ if [ "$PROFILE" = gpu ]; then
   MAX_STEPS=${MAX_STEPS:-6000}
 elif [ "${FROM:-}" = carried ]; then
   [ -f checkpoints/demo-carried/model_index.json ] || { echo "FROM=carried: checkpoints/demo-carried is missing" >&2; exit 1; }
-  CONFIG=${CONFIG:-configs/demo-shapes-continue.yaml}
+  CONFIG=configs/demo-shapes-continue.yaml
   RUN=${RUN:-runs/demo-shapes-continue}
   MAX_STEPS=${MAX_STEPS:-3300}   # run 8: 1 h 57 min at 57-72 samples/s on two processes (docs/demo-model.md)
 else
