@@ -233,6 +233,23 @@ def test_example_configs_load():
     assert demo.data.resolution == 64
 
 
+def test_gpu_demo_recipe_keeps_the_cpu_levers_and_fits_the_package():
+    """PROFILE=gpu only scales the CPU recipe: the levers runs 5-10 measured stay, and fp16 fits 30 MB."""
+    from ip2p.train.model import build_scratch
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cpu = TrainConfig.from_yaml(root / "demo-shapes.yaml").check()
+    gpu = TrainConfig.from_yaml(root / "demo-shapes-gpu.yaml").check()
+    for section, name in [("model", "autoencoder"), ("model", "residual"), ("model", "prediction_type"),
+                          ("optim", "edit_weight"), ("optim", "snr_gamma"), ("data", "unknown_words"),
+                          ("data", "keep_words"), ("run", "validation_text_scale"),
+                          ("run", "validation_image_scale")]:
+        assert getattr(getattr(gpu, section), name) == getattr(getattr(cpu, section), name), f"{section}.{name}"
+    parts = build_scratch(gpu, ["make the circle blue"])
+    params = sum(p.numel() for module in (parts.unet, parts.text_encoder) for p in module.parameters())
+    assert 10e6 < params and 2 * params < 30 * 2**20   # fp16 export (scripts/train_demo.sh)
+
+
 # --------------------------------------------------------------------------------------------
 # runs
 
