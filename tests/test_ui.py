@@ -633,3 +633,28 @@ def test_ip2p_ui_stops_cleanly_on_ctrl_c_and_sigterm(tmp_path, sig):
         proc.kill()
     assert proc.returncode == 0, err
     assert err.strip().splitlines()[-1] == "ip2p: UI stopped" and "Traceback" not in err
+
+
+def test_ip2p_ui_stops_cleanly_on_ctrl_c_while_it_starts(tmp_path):
+    """Ctrl-C in the moment Gradio is still starting up (its first line is out, no page served yet)."""
+    from ip2p.components import save_diffusers
+    from ip2p.tiny import build_tiny_components
+
+    model = save_diffusers(build_tiny_components(seed=0), tmp_path / "tiny")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "ip2p", "ui", "--model", str(model), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        while not any("ip2p: UI for" in line for line in seen):
+            line = proc.stderr.readline()
+            assert line, "".join(seen)
+            seen.append(line)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert err.strip().splitlines()[-1] == "ip2p: UI stopped" and "Traceback" not in "".join(seen) + err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import sys
+import threading
 
 from ..ui import DEFAULT_PORT, build_ui, require_gradio, theme
 from .common import (
@@ -31,19 +32,22 @@ def run(args) -> int:
     demo = build_ui(editor, defaults, signer=signer)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"ip2p: warning: the UI listens on {args.host}; anyone who can reach it can use it", file=sys.stderr)
-    print(f"ip2p: UI for {editor.model_name} on http://{args.host}:{args.port}", file=sys.stderr)
-    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends it the way Ctrl-C does
-    try:  # blocks; Gradio closes the server on a KeyboardInterrupt while it waits
+    # Ctrl-C and SIGTERM only set a flag: raised as KeyboardInterrupt inside launch(), a signal that came
+    # while Gradio was still starting up could be swallowed there and leave the UI running.
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    print(f"ip2p: UI for {editor.model_name} on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    try:
         demo.launch(server_name=args.host, server_port=args.port, share=False, theme=theme(), footer_links=[],
-                    show_error=True, quiet=True)
-    except KeyboardInterrupt:  # one that came while launch() was still starting up
+                    show_error=True, quiet=True, prevent_thread_lock=True)
+        while not stop.wait(0.2):
+            pass
+    finally:
         demo.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print("ip2p: UI stopped", file=sys.stderr)
     return 0
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def register(sub) -> None:
