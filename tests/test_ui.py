@@ -606,9 +606,8 @@ def test_browser_brush_mask_keeps_the_rest_and_previews_show_while_editing(ui):
     page.close()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_ip2p_ui_stops_cleanly_on_ctrl_c_and_sigterm(tmp_path, sig):
-    """`ip2p ui` in its own process: Ctrl-C (SIGINT) or SIGTERM closes it in one line, exit 0."""
+def _start_ui(tmp_path):
+    """`ip2p ui` on a tiny model in its own process, on a free port: (process, port)."""
     from ip2p.components import save_diffusers
     from ip2p.tiny import build_tiny_components
 
@@ -618,6 +617,13 @@ def test_ip2p_ui_stops_cleanly_on_ctrl_c_and_sigterm(tmp_path, sig):
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "ip2p", "ui", "--model", str(model), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, port
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ip2p_ui_stops_cleanly_on_ctrl_c_and_sigterm(tmp_path, sig):
+    """`ip2p ui` in its own process: Ctrl-C (SIGINT) or SIGTERM closes it in one line, exit 0."""
+    proc, port = _start_ui(tmp_path)
     try:
         deadline = time.time() + 240
         while time.time() < deadline:
@@ -637,15 +643,7 @@ def test_ip2p_ui_stops_cleanly_on_ctrl_c_and_sigterm(tmp_path, sig):
 
 def test_ip2p_ui_stops_cleanly_on_ctrl_c_while_it_starts(tmp_path):
     """Ctrl-C in the moment Gradio is still starting up (its first line is out, no page served yet)."""
-    from ip2p.components import save_diffusers
-    from ip2p.tiny import build_tiny_components
-
-    model = save_diffusers(build_tiny_components(seed=0), tmp_path / "tiny")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "ip2p", "ui", "--model", str(model), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, _ = _start_ui(tmp_path)
     try:
         seen = []
         while not any("ip2p: UI for" in line for line in seen):
