@@ -262,15 +262,16 @@ def test_training_continues_from_a_shipped_x0_model(x0_model, tmp_path):
 
 
 def test_growing_transformer_layers_keeps_the_trained_model(x0_model, tmp_path):
-    """model.unet_transformer_layers on start ip2p adds layers that start as the identity: the step-0
-    model edits pixel for pixel like the base, then the new layers train and the run resumes."""
+    """model.unet_transformer_layers and model.text_layers on start ip2p add UNet and text-encoder
+    layers that start as the identity: the step-0 model edits pixel for pixel like the base, then the
+    new layers train and the run resumes."""
     import ip2p
-    from ip2p.train.model import grow_transformer_layers
+    from ip2p.train.model import grow_text_layers, grow_transformer_layers
 
     data = write_ip2p(tmp_path / "d", 4, size=16)
     cfg = TrainConfig.from_mapping({
         "model": {"start": "ip2p", "base": str(x0_model), "prediction_type": "sample", "train_text_encoder": True,
-                  "unet_transformer_layers": [2, 2]},
+                  "unet_transformer_layers": [2, 2], "text_layers": 3},
         "data": {"path": str(data), "resolution": 16, "validation_count": 0, "random_crop": False, "flip": False},
         "optim": {"batch_size": 2, "lr": 1e-3, "snr_gamma": 5.0},
         "run": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "checkpoint_every": 1, "device": "cpu",
@@ -289,10 +290,19 @@ def test_growing_transformer_layers_keeps_the_trained_model(x0_model, tmp_path):
     grown = trained.components.unet.mid_block.attentions[0].transformer_blocks[1]
     # one layer a block in the base (16x16 down, middle, two in the 16x16 up block), two now
     assert len(blocks) == 8 and grown.ff.net[-1].weight.abs().sum() > 0  # zero at step 0: it trained
+    encoder = trained.components.text_encoder
+    stack = next(n for n, _ in encoder.named_modules() if n.endswith("encoder.layers"))
+    assert encoder.config.num_hidden_layers == 3 and encoder.get_submodule(stack)[2].mlp.fc2.weight.abs().sum() > 0
     cfg.run.max_steps = 3
     assert len(train(cfg, resume=True, export=False).losses) == 1
     with pytest.raises(BadModel, match=r"has fewer layers than the base UNet's \[2, 2\]"):
         grow_transformer_layers(trained.components.unet, [1, 2])
+    with pytest.raises(BadModel, match="model.text_layers 2 is fewer than the base text encoder's 3"):
+        grow_text_layers(encoder, 2)
+    cfg.model.text_layers = 0
+    with pytest.raises(BadOptions, match="model.text_layers must be a positive integer, got 0"):
+        cfg.check()
+    cfg.model.text_layers = 3
     cfg.model.unet_transformer_layers = [0, 2]
     with pytest.raises(BadOptions, match="model.unet_transformer_layers must be a list of positive integers"):
         cfg.check()

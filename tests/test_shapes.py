@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 
 from ip2p.errors import BadImage, BadOptions
-from ip2p.shapes import EDIT_KINDS, HELD_OUT, KINDS, TEMPLATES, make_example, references, render, vocabulary
+from ip2p.shapes import (
+    EDIT_KINDS,
+    HELD_OUT,
+    KINDS,
+    TEMPLATES,
+    make_example,
+    reference_type,
+    references,
+    render,
+    vocabulary,
+)
 from ip2p.shapes.color import COLORS, delta_e, palette_separation, srgb_to_lab
 from ip2p.shapes.measure import count_blobs, label_components
 from ip2p.shapes.scene import Background, Scene, Shape, caption
@@ -114,6 +124,9 @@ def test_references_are_never_ambiguous():
     # two identical red circles side by side at the same height: only position tells them apart
     twins = Scene(bg, (Shape("circle", "red", "small", 0.2, 0.5, 0), Shape("circle", "red", "small", 0.8, 0.5, 1)))
     assert references(twins, twins.objects[0]) == ["the circle on the left", "the leftmost circle"]
+    assert [reference_type(p) for p in references(scene, scene.objects[0])] == ["colour+kind"] + ["position"] * 2
+    assert [reference_type(p) for p in references(scene, scene.objects[1])][:4] == ["colour"] * 3 + ["colour+kind"]
+    assert reference_type("the square") == "kind" and reference_type("the lowest star") == "position"
     # generated instructions only name kinds that are present and unique when named bare
     for seed in range(120):
         ex = make_example(seed, 64, kinds=["recolor_object", "remove_object", "move_object", "resize_object"])

@@ -42,6 +42,10 @@ def test_perfect_identity_and_noise_reports(tmp_path):
     assert set(EDIT_KINDS) <= set(rows) and {"counting", "spatial moves", IDENTITY_ROW, "all"} <= set(rows)
     assert all(rows[k]["success"] == 1.0 for k in EDIT_KINDS) and rows["all"]["psnr"] == 100.0
     assert rows["all"]["success_held_out"] == 1.0 and rows["all"]["success_seen"] == 1.0
+    # object edits again, split by how the instruction names the object; other kinds have no reference
+    split = {name: r for name, r in rows.items() if name.startswith("recolor_object / ")}
+    assert split and sum(r["n"] for r in split.values()) == rows["recolor_object"]["n"]
+    assert "grayscale / kind" not in rows and "colour" in {name.split(" / ")[1] for name in rows if " / " in name}
     identity = run_benchmark(Oracle("identity").prepare(n, 64), n=n, size=64)["rows"]
     assert all(identity[k]["success"] == 0.0 for k in EDIT_KINDS)
     assert identity["all"]["edit_strength"] == 0.0 and identity["all"]["preservation_mae"] == 0.0

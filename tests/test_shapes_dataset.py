@@ -71,6 +71,25 @@ def test_bad_options_and_mismatched_resume(tmp_path):
     make_dataset(MakeOptions(out=str(tmp_path / "b"), n=3, workers=1))
     with pytest.raises(BadOptions, match="size=64"):
         make_dataset(MakeOptions(out=str(tmp_path / "b"), n=3, size=96, workers=1))
+    with pytest.raises(BadOptions, match="references"):  # not the folder's phrase mix
+        make_dataset(MakeOptions(out=str(tmp_path / "b"), n=3, workers=1, references="type"))
+
+
+def test_reference_mix_type_draws_object_phrases_by_form(tmp_path):
+    """--references type: each form an object admits is equally likely, so the bare kind ("the circle")
+    and kind-plus-colour phrases come up more often than among all phrases, where colour forms dominate."""
+    kinds = ["recolor_object", "remove_object"]
+    by_phrase = [make_example(s, 64, kinds=kinds) for s in range(300)]
+    by_type = [make_example(s, 64, kinds=kinds, reference_mix="type") for s in range(300)]
+    assert [e.instruction for e in by_phrase] == [make_example(s, 64, kinds=kinds).instruction for s in range(300)]
+    share = {mix: {ref: sum(e.reference == ref for e in examples) / 300 for ref in ("kind", "colour")}
+             for mix, examples in (("phrase", by_phrase), ("type", by_type))}
+    assert share["type"]["kind"] > 1.2 * share["phrase"]["kind"] and share["type"]["colour"] < share["phrase"]["colour"]
+    make_dataset(MakeOptions(out=str(tmp_path), n=4, workers=1, references="type"))
+    prompt = json.loads((tmp_path / "00000002" / "prompt.json").read_text())
+    assert prompt["edit"] == make_example(2, 64, reference_mix="type").instruction
+    with pytest.raises(BadOptions, match="--references must be one of phrase, type, got 'form'"):
+        MakeOptions(out=str(tmp_path / "x"), references="form").check()
 
 
 def test_killed_run_resumes_without_redoing_or_duplicating(tmp_path):

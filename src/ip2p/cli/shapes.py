@@ -30,6 +30,9 @@ def register(subparsers) -> None:
     make.add_argument("--kinds", default=None, help="comma-separated edit kinds (default all)")
     make.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     make.add_argument("--shard-size", type=int, default=500, help="examples per shard (default 500)")
+    make.add_argument("--references", default="phrase",
+                      help="how an object edit's phrase is drawn: phrase (every phrase alike, the default) | "
+                           "type (kind, colour, colour+kind and position forms alike)")
     make.set_defaults(func=run_make)
 
     show = sub.add_parser("show", help="render one example as an input | edited | mask strip")
@@ -84,6 +87,7 @@ def run_make(args) -> int:
     opts = MakeOptions(
         out=args.out, n=args.n, size=args.size, format=args.format, split=args.split, start=args.start,
         kinds=_kinds(args.kinds), workers=args.workers, shard_size=args.shard_size,
+        references=args.references,
     ).check()
     bar, update = _progress(opts.n, "ex")
     try:

@@ -4,7 +4,7 @@ Pure Python + numpy + Pillow; nothing here imports torch (the benchmark only cal
 given). See docs/shapes.md.
 """
 
-from .edits import SPLITS, Edit, make_example, references, world_seed
+from .edits import REFERENCE_TYPES, SPLITS, Edit, make_example, reference_type, references, world_seed
 from .phrasing import EDIT_KINDS, HELD_OUT, TEMPLATES, vocabulary
 from .render import render
 from .scene import KINDS, Background, Scene, Shape, caption, random_scene
@@ -13,6 +13,7 @@ __all__ = [
     "EDIT_KINDS",
     "HELD_OUT",
     "KINDS",
+    "REFERENCE_TYPES",
     "SPLITS",
     "TEMPLATES",
     "Background",
@@ -22,6 +23,7 @@ __all__ = [
     "caption",
     "make_example",
     "random_scene",
+    "reference_type",
     "references",
     "render",
     "vocabulary",

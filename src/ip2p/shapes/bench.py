@@ -2,9 +2,10 @@
 
 Examples are test-split scenes (disjoint from training seeds), kinds in round robin, half of them
 phrased with held-out templates. Rows: one per edit kind, then the failure modes the literature
-names as rows of their own (counting, spatial moves, identity preservation under large edits) and
-the total. Columns: success rate overall, on seen and on held-out templates, PSNR to the target,
-preservation error outside the mask and edit strength inside it. For the identity row, "success"
+names as rows of their own (counting, spatial moves, identity preservation under large edits), each
+object edit split by how its instruction names the object (its kind, its colour, both, or its place:
+``recolor_object / kind``), and the total. Columns: success rate overall, on seen and on held-out
+templates, PSNR to the target, preservation error outside the mask and edit strength inside it. For the identity row, "success"
 is the share of large edits (mask >= 30 % of the image) whose edge structure still matches the
 target (edge-map correlation >= 0.8).
 
@@ -34,7 +35,7 @@ from PIL import Image, ImageDraw
 from ..errors import BadOptions
 from ..files import write_atomic
 from .dataset import png_bytes
-from .edits import check_kinds, make_example
+from .edits import REFERENCE_TYPES, check_kinds, make_example
 from .render import check_size
 from .score import ScoreRules, as_array, score_edit
 
@@ -95,6 +96,11 @@ def summarise(results: list[dict[str, Any]], kinds: Sequence[str], rules: ScoreR
         items = [r for r in results if r["kind"] in members]
         if items:
             rows[name] = _row(items)
+    for kind in kinds:  # an object edit by how its instruction names the object ("the circle", "the red one")
+        for ref in REFERENCE_TYPES:
+            items = [r for r in results if r["kind"] == kind and r.get("reference") == ref]
+            if items:
+                rows[f"{kind} / {ref}"] = _row(items)
     large = [dict(r, identity_kept=r["structure"] >= rules.structure) for r in results if r["mask_share"] >= LARGE_EDIT_SHARE]
     if large:
         rows[IDENTITY_ROW] = _row(large, "identity_kept")
@@ -210,7 +216,7 @@ def run_benchmark(
                 used = {k: result.params[0][k] for k in RECORDED_SETTINGS if k in result.params[0]}
             score = {"seed": example.seed, "kind": example.kind, "instruction": example.instruction,
                      "template_id": example.template_id, "held_out": example.held_out,
-                     **score_edit(example, output, rules)}
+                     "reference": example.reference, **score_edit(example, output, rules)}
             results.append(score)
             if log:
                 log.append(i, score, used, output if i < grid_examples else None)

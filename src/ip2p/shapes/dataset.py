@@ -33,7 +33,7 @@ from PIL import Image
 
 from ..errors import BadOptions
 from ..files import write_atomic  # temporary files are .{name}.*.tmp, which _sweep removes
-from .edits import SPLITS, TEST_SEED_OFFSET, check_kinds, make_example
+from .edits import REFERENCE_MIXES, SPLITS, TEST_SEED_OFFSET, check_kinds, make_example
 from .render import check_size
 
 FORMATS = ("ip2p", "jsonl", "hf")
@@ -51,6 +51,7 @@ class MakeOptions:
     kinds: tuple[str, ...] | None = None
     workers: int = 2
     shard_size: int = 500
+    references: str = "phrase"  # edits.REFERENCE_MIXES
 
     def check(self) -> MakeOptions:
         if not isinstance(self.n, int) or self.n < 1:
@@ -66,6 +67,8 @@ class MakeOptions:
             raise BadOptions(f"--workers must be from 1 to 64, got {self.workers!r}")
         if not isinstance(self.shard_size, int) or self.shard_size < 1:
             raise BadOptions(f"--shard-size must be a positive integer, got {self.shard_size!r}")
+        if self.references not in REFERENCE_MIXES:
+            raise BadOptions(f"--references must be one of {', '.join(REFERENCE_MIXES)}, got {self.references!r}")
         self.kinds = None if self.kinds is None else check_kinds(self.kinds)
         return self
 
@@ -79,6 +82,8 @@ class MakeOptions:
         d.pop("workers")
         d.pop("out")
         d["kinds"] = list(self.kinds) if self.kinds else None
+        if d["references"] == "phrase":  # folders made before the option stay resumable
+            del d["references"]
         return d
 
 
@@ -122,7 +127,7 @@ def _write_shard(args: tuple[MakeOptions, int]) -> int:
     last = min(opts.start + opts.n, first + opts.shard_size)
     records, rows = [], []
     for seed in range(first, last):
-        ex = make_example(seed, opts.size, opts.kinds, opts.split)
+        ex = make_example(seed, opts.size, opts.kinds, opts.split, reference_mix=opts.references)
         before, after, mask = (png_bytes(im) for im in ex.images())
         meta = ex.record()
         name = f"{seed:08d}"

@@ -88,6 +88,7 @@ class Edit:
     scene: Scene | None = None
     edited_scene: Scene | None = None
     free: np.ndarray | None = None
+    reference: str | None = None  # how the instruction names the edited object (REFERENCE_TYPES), if it does
 
     def images(self) -> tuple[Image.Image, Image.Image, Image.Image]:
         """(input, edited, mask) as PIL images (RGB, RGB, L with 255 where pixels change)."""
@@ -147,6 +148,33 @@ def references(scene: Scene, shape: Shape) -> list[str]:
         if all(shape.y > o.y + gap for o in same_kind):
             out += [f"the {k} at the bottom", f"the lowest {k}"]
     return out
+
+
+REFERENCE_TYPES = ("kind", "colour", "colour+kind", "position")
+
+
+def reference_type(phrase: str) -> str:
+    """Which of :func:`references`' forms ``phrase`` is: it names the shape's kind ("the circle"), its
+    colour ("the red one"), both ("the red circle"), or its place among shapes of its kind."""
+    words = phrase.split()
+    if words[-1] in ("left", "right", "top", "bottom") or words[1] in ("leftmost", "rightmost", "topmost", "lowest"):
+        return "position"
+    if words[-1] in ("shape", "one", "object"):
+        return "colour"
+    return "kind" if len(words) == 2 else "colour+kind"
+
+
+#: How a training example picks its referring expression among :func:`references`: "phrase", every
+#: phrase equally likely (most are colour forms, so "the circle" is rare); "type", each form the object
+#: admits (REFERENCE_TYPES) equally likely, then a phrase of that form.
+REFERENCE_MIXES = ("phrase", "type")
+
+
+def _by_type(rng: np.random.Generator, phrases: list[str]) -> str:
+    forms = {}
+    for phrase in phrases:
+        forms.setdefault(reference_type(phrase), []).append(phrase)
+    return _pick(rng, _pick(rng, list(forms.values())))
 
 
 def _pick(rng: np.random.Generator, items: Sequence):
@@ -455,14 +483,19 @@ def make_example(
     kinds: Sequence[str] | None = None,
     split: str = "train",
     held_out_p: float | None = None,
+    reference_mix: str = "phrase",
 ) -> Edit:
     """The example number ``seed`` of ``split``: same arguments, same bytes.
 
     The edit kind is drawn uniformly from ``kinds``. Training examples use training templates
     only; test examples use a held-out template with probability ``held_out_p`` (default 0.5).
+    ``reference_mix`` "type" redraws the phrase naming the edited object so that each form it admits
+    is equally likely (:data:`REFERENCE_MIXES`); "phrase" leaves every example as it always was.
     """
     check_size(size)
     kinds = check_kinds(kinds)
+    if reference_mix not in REFERENCE_MIXES:
+        raise BadOptions(f"reference mix must be one of {', '.join(REFERENCE_MIXES)}, got {reference_mix!r}")
     rng = np.random.default_rng(world_seed(seed, split))
     kind = _pick(rng, kinds)
     if held_out_p is None:
@@ -477,6 +510,8 @@ def make_example(
         plan = PLANNERS[kind](scene, rng)
         if plan is None:
             continue
+        if reference_mix == "type" and plan.focus is not None and "obj" in plan.slots and "obj2" not in plan.slots:
+            plan.slots["obj"] = _by_type(rng, references(scene, scene.get(plan.focus)))
         edit = _realise(seed, split, size, kind, scene, plan, rng, held_out_p)
         if edit is not None:
             return edit
@@ -561,5 +596,6 @@ def _realise(seed, split, size, kind, scene, plan: _Plan, rng, held_out_p) -> Ed
         scene=scene,
         edited_scene=plan.edited_scene,
         free=free,
+        reference=reference_type(plan.slots["obj"]) if "obj" in plan.slots and "obj2" not in plan.slots else None,
     )
 

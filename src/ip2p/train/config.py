@@ -50,7 +50,9 @@ class ModelConfig:
     # base has grow it: the new layers start as the identity (zero output projections).
     unet_transformer_layers: list[int] | None = None
     text_hidden_size: int = 128
-    text_layers: int = 2
+    # text encoder layers (scratch: 2 when unset). With start ip2p, more layers than the base's text
+    # encoder grow it: the new layers go last and start as the identity (zero output projections).
+    text_layers: int | None = None
     text_heads: int = 4
     text_max_length: int = 32
     vae_widths: list[int] = field(default_factory=lambda: [32, 64, 64])
@@ -248,6 +250,11 @@ class TrainConfig:
             if m.start == "scratch" and len(layers) != len(m.unet_widths):
                 raise BadOptions(f"model.unet_transformer_layers needs one number a level "
                                  f"({len(m.unet_widths)}), got {layers}")
+        if m.text_layers is not None:
+            if not isinstance(m.text_layers, int) or isinstance(m.text_layers, bool) or m.text_layers < 1:
+                raise BadOptions(f"model.text_layers must be a positive integer, got {m.text_layers}")
+            if m.start == "text2image":
+                raise BadOptions("model.text_layers applies to start scratch or ip2p, not text2image")
         if m.start == "scratch":
             for part in ("unet", "vae"):
                 g, widths = getattr(m, f"{part}_norm_groups"), getattr(m, f"{part}_widths")
@@ -263,7 +270,7 @@ class TrainConfig:
                                  f"({m.unet_head_channels}), got {m.unet_widths}")
             if m.text_hidden_size % m.text_heads:
                 raise BadOptions("model.text_hidden_size must be a multiple of model.text_heads")
-            for key in ("unet_layers_per_block", "unet_attention_head_dim", "text_layers", "text_max_length",
+            for key in ("unet_layers_per_block", "unet_attention_head_dim", "text_max_length",
                         "vae_latent_channels", "vae_layers_per_block"):
                 _positive(f"model.{key}", getattr(m, key))
             _positive("vae.steps", v.steps, zero_ok=True)

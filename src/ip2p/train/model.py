@@ -76,6 +76,35 @@ def grow_transformer_layers(unet, layers: list[int]):
     return grown
 
 
+def grow_text_layers(text_encoder, layers: int):
+    """``text_encoder`` (a CLIP text model) with ``layers`` encoder layers; the added ones go last and
+    start as the identity.
+
+    A CLIP encoder layer is pre-norm: it adds its self-attention's and its MLP's outputs to its input,
+    so with ``out_proj`` and ``fc2`` at zero a new layer passes its input through, and the grown
+    encoder gives the trained one's embeddings (the text side of net2net growth, as above).
+    """
+    old = text_encoder.config.num_hidden_layers
+    if layers < old:
+        raise BadModel(f"model.text_layers {layers} is fewer than the base text encoder's {old}")
+    if layers == old:
+        return text_encoder
+    config = type(text_encoder.config).from_dict({**text_encoder.config.to_dict(), "num_hidden_layers": layers})
+    grown = type(text_encoder)(config)
+    missing, unexpected = grown.load_state_dict(text_encoder.state_dict(), strict=False)
+    # "encoder.layers.N" (transformers 5) or "text_model.encoder.layers.N" (4.x)
+    stack = next(name for name, _ in grown.named_modules() if name.endswith("encoder.layers"))
+    new = [f"{stack}.{i}." for i in range(old, layers)]
+    if unexpected or any(not any(key.startswith(prefix) for prefix in new) for key in missing):
+        raise BadModel("model.text_layers: the grown text encoder does not hold the base's weights")
+    with torch.no_grad():
+        for layer in grown.get_submodule(stack)[old:]:
+            for out in (layer.self_attn.out_proj, layer.mlp.fc2):
+                out.weight.zero_()
+                out.bias.zero_()
+    return grown.to(dtype=text_encoder.dtype, device=text_encoder.device)
+
+
 # --------------------------------------------------------------------------------------------
 # starting points
 
@@ -91,6 +120,8 @@ def load_start(cfg: TrainConfig, instructions: list[str]) -> Components:
         components = load_components(m.base, device="cpu", dtype="fp32")
         if m.unet_transformer_layers:
             components.unet = grow_transformer_layers(components.unet, m.unet_transformer_layers)
+        if m.text_layers:
+            components.text_encoder = grow_text_layers(components.text_encoder, m.text_layers)
     else:
         components = load_text2image(m.base)
         widen_conv_in(components.unet, 2 * components.vae.config.latent_channels)
@@ -127,7 +158,7 @@ def build_scratch(cfg: TrainConfig, instructions: list[str]) -> Components:
     tokenizer = build_clip_tokenizer(instructions, max_length=m.text_max_length)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=m.text_hidden_size, intermediate_size=4 * m.text_hidden_size,
-        num_hidden_layers=m.text_layers, num_attention_heads=m.text_heads,
+        num_hidden_layers=m.text_layers or 2, num_attention_heads=m.text_heads,
         max_position_embeddings=m.text_max_length, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     ))
