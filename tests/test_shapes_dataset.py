@@ -85,10 +85,13 @@ def test_reference_mix_type_draws_object_phrases_by_form(tmp_path):
     share = {mix: {ref: sum(e.reference == ref for e in examples) / 300 for ref in ("kind", "colour")}
              for mix, examples in (("phrase", by_phrase), ("type", by_type))}
     assert share["type"]["kind"] > 1.2 * share["phrase"]["kind"] and share["type"]["colour"] < share["phrase"]["colour"]
+    # --references kind: the bare kind whenever it mostly can, so more than a third of object edits use it
+    bare = sum(make_example(s, 64, kinds=kinds, reference_mix="kind").reference == "kind" for s in range(300)) / 300
+    assert bare > max(1 / 3, 1.5 * share["type"]["kind"])
     make_dataset(MakeOptions(out=str(tmp_path), n=4, workers=1, references="type"))
     prompt = json.loads((tmp_path / "00000002" / "prompt.json").read_text())
     assert prompt["edit"] == make_example(2, 64, reference_mix="type").instruction
-    with pytest.raises(BadOptions, match="--references must be one of phrase, type, got 'form'"):
+    with pytest.raises(BadOptions, match="--references must be one of phrase, type, kind, got 'form'"):
         MakeOptions(out=str(tmp_path / "x"), references="form").check()
 
 
