@@ -57,7 +57,7 @@ fi
 
 echo "== data: $N triplets at 64 px -> $DATA"
 # REFERENCES=type draws an object edit's phrase by form (kind, colour, colour+kind, position alike),
-# REFERENCES=kind uses the bare kind ("the circle") whenever it can (run 13); the default, phrase,
+# REFERENCES=kind the bare kind ("the circle") 70 % of the time it can (run 13); the default, phrase,
 # makes every earlier run's triplets (most phrases name a colour).
 time ip2p shapes make --n "$N" --start "${START:-0}" --size 64 --out "$DATA" --format ip2p --kinds "$KINDS" \
   --workers "$WORKERS" --references "${REFERENCES:-phrase}"

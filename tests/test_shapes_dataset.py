@@ -85,7 +85,7 @@ def test_reference_mix_type_draws_object_phrases_by_form(tmp_path):
     share = {mix: {ref: sum(e.reference == ref for e in examples) / 300 for ref in ("kind", "colour")}
              for mix, examples in (("phrase", by_phrase), ("type", by_type))}
     assert share["type"]["kind"] > 1.2 * share["phrase"]["kind"] and share["type"]["colour"] < share["phrase"]["colour"]
-    # --references kind: the bare kind whenever it mostly can, so more than a third of object edits use it
+    # --references kind: the bare kind 70 % of the time it can, so more than a third of object edits use it
     bare = sum(make_example(s, 64, kinds=kinds, reference_mix="kind").reference == "kind" for s in range(300)) / 300
     assert bare > max(1 / 3, 1.5 * share["type"]["kind"])
     make_dataset(MakeOptions(out=str(tmp_path), n=4, workers=1, references="type"))

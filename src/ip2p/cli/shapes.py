@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     make.add_argument("--references", default="phrase",
                       help="how an object edit's phrase is drawn: phrase (every phrase alike, the default) | "
                            "type (kind, colour, colour+kind and position forms alike) | "
-                           "kind (the bare kind, \"the circle\", whenever it can; else as type)")
+                           "kind (the bare kind, \"the circle\", 70 %% of the time it can; else as type)")
     make.set_defaults(func=run_make)
 
     show = sub.add_parser("show", help="render one example as an input | edited | mask strip")

@@ -170,6 +170,7 @@ def reference_type(phrase: str) -> str:
 #: the time the object admits it, else as "type" (~46 % of object edits then name only the shape, so no
 #: colour word can stand in for the shape word).
 REFERENCE_MIXES = ("phrase", "type", "kind")
+BARE_KIND_P = 0.7  # the "kind" mix's chance of the bare kind, where the object admits it
 
 
 def _by_type(rng: np.random.Generator, phrases: list[str], kind_p: float = 0.0) -> str:
@@ -516,7 +517,7 @@ def make_example(
         if plan is None:
             continue
         if reference_mix != "phrase" and plan.focus is not None and "obj" in plan.slots and "obj2" not in plan.slots:
-            kind_p = 0.7 if reference_mix == "kind" else 0.0
+            kind_p = BARE_KIND_P if reference_mix == "kind" else 0.0
             plan.slots["obj"] = _by_type(rng, references(scene, scene.get(plan.focus)), kind_p)
         edit = _realise(seed, split, size, kind, scene, plan, rng, held_out_p)
         if edit is not None:
