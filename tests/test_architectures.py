@@ -261,6 +261,31 @@ def test_training_continues_from_a_shipped_x0_model(x0_model, tmp_path):
     assert shipped.keys() == step0.keys() and all(torch.equal(shipped[k], step0[k]) for k in shipped)
 
 
+def grown_config(x0_model: Path, tmp_path: Path, **model) -> TrainConfig:
+    """Two steps on start ip2p from ``x0_model`` with ``model`` keys that grow it, a checkpoint a step."""
+    data = write_ip2p(tmp_path / "d", 4, size=16)
+    return TrainConfig.from_mapping({
+        "model": {"start": "ip2p", "base": str(x0_model), "prediction_type": "sample", "train_text_encoder": True,
+                  **model},
+        "data": {"path": str(data), "resolution": 16, "validation_count": 0, "random_crop": False, "flip": False},
+        "optim": {"batch_size": 2, "lr": 1e-3, "snr_gamma": 5.0},
+        "run": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "checkpoint_every": 1, "device": "cpu",
+                "tensorboard": False},
+    })
+
+
+SETTINGS = dict(steps=4, seed=3, guidance_scale=3.0, image_guidance_scale=1.2)
+
+
+def assert_edits_alike(a: Path, b: Path):
+    """The two model folders edit the same picture pixel for pixel alike."""
+    import ip2p
+
+    source, text = make_pair(2, 16)[0], "make the square red"
+    one, two = (np.asarray(ip2p.load_editor(str(m), device="cpu").edit(source, text, **SETTINGS).image) for m in (a, b))
+    assert np.array_equal(one, two)
+
+
 def test_growing_transformer_layers_keeps_the_trained_model(x0_model, tmp_path):
     """model.unet_transformer_layers and model.text_layers on start ip2p add UNet and text-encoder
     layers that start as the identity: the step-0 model edits pixel for pixel like the base, then the
@@ -268,23 +293,11 @@ def test_growing_transformer_layers_keeps_the_trained_model(x0_model, tmp_path):
     import ip2p
     from ip2p.train.model import grow_text_layers, grow_transformer_layers
 
-    data = write_ip2p(tmp_path / "d", 4, size=16)
-    cfg = TrainConfig.from_mapping({
-        "model": {"start": "ip2p", "base": str(x0_model), "prediction_type": "sample", "train_text_encoder": True,
-                  "unet_transformer_layers": [2, 2], "text_layers": 3},
-        "data": {"path": str(data), "resolution": 16, "validation_count": 0, "random_crop": False, "flip": False},
-        "optim": {"batch_size": 2, "lr": 1e-3, "snr_gamma": 5.0},
-        "run": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "checkpoint_every": 1, "device": "cpu",
-                "tensorboard": False},
-    })
+    cfg = grown_config(x0_model, tmp_path, unet_transformer_layers=[2, 2], text_layers=3)
     result = train(cfg, export=True)
     base = tmp_path / "run" / "base"
     assert json.loads((base / "unet" / "config.json").read_text())["transformer_layers_per_block"] == [2, 2]
-    source, text = make_pair(2, 16)[0], "make the square red"
-    settings = dict(steps=4, seed=3, guidance_scale=3.0, image_guidance_scale=1.2)
-    before = ip2p.load_editor(str(x0_model), device="cpu").edit(source, text, **settings).image
-    step0 = ip2p.load_editor(str(base), device="cpu").edit(source, text, **settings).image
-    assert np.array_equal(np.asarray(before), np.asarray(step0))
+    assert_edits_alike(x0_model, base)
     trained = ip2p.load_editor(str(result.model_dir), device="cpu")
     blocks = [m for m in trained.components.unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
     grown = trained.components.unet.mid_block.attentions[0].transformer_blocks[1]
@@ -394,3 +407,69 @@ def test_deepcache_forward_keeps_the_residual(x0_model):
         plain = UNet2DConditionModel.forward(unet, sample, 500, context, return_dict=False)[0]
     assert torch.allclose(got, expected, atol=1e-5)
     assert torch.allclose(expected - plain, sample[:, channels // 2:], atol=1e-5)  # the residual is the image half
+
+
+def test_image_stem_grows_exactly_trains_and_runs_in_every_path(x0_model, tmp_path):
+    """model.image_stem on start ip2p: the grown UNet (ImageStemUNet2DConditionModel) edits pixel for
+    pixel like the base at step 0, its stem trains and resumes, and stock diffusers and DeepCache run it."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    import ip2p
+    from ip2p.architectures import ImageStemUNet2DConditionModel
+    from ip2p.fast import DeepCacheUNet
+
+    cfg = grown_config(x0_model, tmp_path, image_stem=True)
+    result = train(cfg, export=True)
+    base = tmp_path / "run" / "base"
+    assert json.loads((base / "unet" / "config.json").read_text())["_class_name"] == "ImageStemUNet2DConditionModel"
+    assert_edits_alike(x0_model, base)
+
+    folder = str(result.model_dir)
+    editor = ip2p.load_editor(folder, device="cpu")
+    unet = editor.components.unet
+    assert isinstance(unet, ImageStemUNet2DConditionModel) and unet.conv_in.stem[-1].weight.abs().sum() > 0
+    source, text = make_pair(2, 16)[0], "make the square red"
+    ours = editor.edit(source, text, **SETTINGS)
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+        folder, vae=PixelUnshuffleAutoencoder.from_pretrained(folder, subfolder="vae"),
+        unet=ImageStemUNet2DConditionModel.from_pretrained(folder, subfolder="unet"), safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(text, image=source, num_inference_steps=4, guidance_scale=3.0, image_guidance_scale=1.2,
+                  generator=torch.Generator().manual_seed(3), output_type="np").images[0]
+    assert np.abs(theirs * 255 - np.asarray(ours.image, float)).max() <= 1.0
+
+    gen = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, unet.config.in_channels, 8, 8, generator=gen)
+    context = torch.randn(2, 16, 32, generator=gen)
+    with torch.no_grad():
+        expected = unet(sample, 500, context, return_dict=False)[0]
+        assert torch.allclose(DeepCacheUNet(unet, 1)(sample, 500, context)[0], expected, atol=1e-5)
+        unet.conv_in.stem[-1].weight.zero_()
+        unet.conv_in.stem[-1].bias.zero_()
+        assert not torch.allclose(unet(sample, 500, context, return_dict=False)[0], expected, atol=1e-4)
+    cfg.run.max_steps = 3
+    assert len(train(cfg, resume=True, export=False).losses) == 1
+
+
+def test_image_stem_from_scratch_and_its_errors(x0_model, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from ip2p.architectures import ImageStemUNet2DConditionModel
+    from ip2p.train.model import add_image_stem
+
+    data = write_ip2p(tmp_path / "d", 4, size=16)
+    result = train(x0_config(tmp_path / "run", data, image_stem=True))
+    unet = json.loads((result.model_dir / "unet" / "config.json").read_text())
+    assert unet["_class_name"] == "ImageStemUNet2DConditionModel" and unet["out_channels"] == 12
+    with pytest.raises(BadOptions, match="model.image_stem is a residual UNet's: it needs model.residual true"):
+        x0_config(tmp_path / "r2", data, image_stem=True, residual=False).check()
+    with pytest.raises(BadOptions, match="model.image_stem must be true or false, got 'yes'"):
+        x0_config(tmp_path / "r3", data, image_stem="yes").check()
+    plain = UNet2DConditionModel(sample_size=8, in_channels=8, out_channels=4, block_out_channels=(32, 64),
+                                 norm_num_groups=8, cross_attention_dim=32,
+                                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    with pytest.raises(BadModel, match="model.image_stem needs a residual UNet over the exact autoencoder"):
+        add_image_stem(plain)
+    with pytest.raises(ValueError, match="an image stem needs 3 f\\^2 latent channels"):
+        ImageStemUNet2DConditionModel.from_config({**plain.config, "in_channels": 8, "out_channels": 4})

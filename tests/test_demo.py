@@ -85,7 +85,8 @@ def test_demo_ships_inside_the_package_as_safetensors_under_30_mb(recommended):
     assert scheduler["prediction_type"] == "sample"
     unet = json.loads((DEMO_DIR / "unet" / "config.json").read_text())
     vae = json.loads((DEMO_DIR / "vae" / "config.json").read_text())
-    assert (unet["_class_name"], vae["_class_name"]) == ("ResidualUNet2DConditionModel", "PixelUnshuffleAutoencoder")
+    assert unet["_class_name"] in ("ResidualUNet2DConditionModel", "ImageStemUNet2DConditionModel")
+    assert vae["_class_name"] == "PixelUnshuffleAutoencoder"
     assert unet["in_channels"] == 2 * vae["latent_channels"] == 96
     assert recommended["scheduler"] == "euler"  # Euler ancestral cannot step an x0 model
 
@@ -100,12 +101,13 @@ def test_stock_diffusers_runs_the_shipped_folder_and_agrees_with_ip2p(demo_edito
     """The line docs/models.md gives for stock diffusers, at the model's own settings."""
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    from ip2p.architectures import PixelUnshuffleAutoencoder, ResidualUNet2DConditionModel
+    from ip2p.architectures import UNET_CLASSES, PixelUnshuffleAutoencoder
 
     folder = str(DEMO_DIR)
+    unet_class = UNET_CLASSES[json.loads((DEMO_DIR / "unet" / "config.json").read_text())["_class_name"]]
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
         folder, vae=PixelUnshuffleAutoencoder.from_pretrained(folder, subfolder="vae"),
-        unet=ResidualUNet2DConditionModel.from_pretrained(folder, subfolder="unet"), safety_checker=None,
+        unet=unet_class.from_pretrained(folder, subfolder="unet"), safety_checker=None,
         requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"

@@ -69,6 +69,9 @@ class ModelConfig:
     # the UNet's output is a change to the input-image latent (ResidualUNet2DConditionModel);
     # meant for prediction_type sample over an autoencoder with scaling factor 1
     residual: bool = False
+    # a convolution stack on the input image's pixels added to conv_in (ImageStemUNet2DConditionModel):
+    # residual models over the exact autoencoder only. With start ip2p it grows the base, starting at zero.
+    image_stem: bool = False
 
 
 @dataclass
@@ -250,6 +253,12 @@ class TrainConfig:
             if m.start == "scratch" and len(layers) != len(m.unet_widths):
                 raise BadOptions(f"model.unet_transformer_layers needs one number a level "
                                  f"({len(m.unet_widths)}), got {layers}")
+        if not isinstance(m.image_stem, bool):
+            raise BadOptions(f"model.image_stem must be true or false, got {m.image_stem!r}")
+        if m.image_stem and m.start == "text2image":
+            raise BadOptions("model.image_stem applies to start scratch or ip2p, not text2image")
+        if m.image_stem and m.start == "scratch" and not m.residual:
+            raise BadOptions("model.image_stem is a residual UNet's: it needs model.residual true")
         if m.text_layers is not None:
             if not isinstance(m.text_layers, int) or isinstance(m.text_layers, bool) or m.text_layers < 1:
                 raise BadOptions(f"model.text_layers must be a positive integer, got {m.text_layers}")

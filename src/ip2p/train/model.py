@@ -76,6 +76,26 @@ def grow_transformer_layers(unet, layers: list[int]):
     return grown
 
 
+def add_image_stem(unet):
+    """``unet`` (a residual UNet over the exact autoencoder) as an ImageStemUNet2DConditionModel with
+    the same weights; the stem's output projection starts at zero, so the result is unchanged."""
+    from ..architectures import ImageStemUNet2DConditionModel, ResidualUNet2DConditionModel
+
+    if isinstance(unet, ImageStemUNet2DConditionModel):
+        return unet
+    if not isinstance(unet, ResidualUNet2DConditionModel):
+        raise BadModel("model.image_stem needs a residual UNet over the exact autoencoder; the base's is "
+                       f"{type(unet).__name__}")
+    try:
+        grown = ImageStemUNet2DConditionModel.from_config(unet.config)
+    except ValueError as e:
+        raise BadModel(f"model.image_stem: {e}") from None
+    missing, unexpected = grown.load_state_dict(unet.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("conv_in.stem.") for key in missing):
+        raise BadModel("model.image_stem: the grown UNet does not hold the base's weights")
+    return grown.to(dtype=unet.dtype, device=unet.device)
+
+
 def grow_text_layers(text_encoder, layers: int):
     """``text_encoder`` (a CLIP text model) with ``layers`` encoder layers; the added ones go last and
     start as the identity.
@@ -122,6 +142,8 @@ def load_start(cfg: TrainConfig, instructions: list[str]) -> Components:
             components.unet = grow_transformer_layers(components.unet, m.unet_transformer_layers)
         if m.text_layers:
             components.text_encoder = grow_text_layers(components.text_encoder, m.text_layers)
+        if m.image_stem:
+            components.unet = add_image_stem(components.unet)
     else:
         components = load_text2image(m.base)
         widen_conv_in(components.unet, 2 * components.vae.config.latent_channels)
@@ -178,7 +200,9 @@ def build_scratch(cfg: TrainConfig, instructions: list[str]) -> Components:
     channels = vae.config.latent_channels
     unet_class = UNet2DConditionModel
     if m.residual:
-        from ..architectures import ResidualUNet2DConditionModel as unet_class
+        from ..architectures import ImageStemUNet2DConditionModel, ResidualUNet2DConditionModel
+
+        unet_class = ImageStemUNet2DConditionModel if m.image_stem else ResidualUNet2DConditionModel
     n = len(m.unet_widths)
     # diffusers' attention_head_dim is the number of heads (one for all levels, or one per level)
     heads = tuple(w // m.unet_head_channels for w in m.unet_widths) if m.unet_head_channels else m.unet_attention_head_dim
