@@ -192,13 +192,18 @@ def test_edit_weight_weighs_the_changed_latent_pixels(tmp_path):
         cfg.run.max_steps, cfg.data.validation_count, cfg.optim.edit_weight = 1, 0, weight
         first[weight] = train(cfg, export=False).losses[0]
     assert first[4.0] > 1.5 * first[0.0]
-    with pytest.raises(BadOptions, match="optim.edit_weight must be >= 0"):
+    _check_exact_latent_weight(tmp_path, data, "edit_weight")
+
+
+def _check_exact_latent_weight(tmp_path, data, key: str) -> None:
+    """optim.edit_weight and optim.grounding_weight: >= 0, and only on an exact autoencoder."""
+    with pytest.raises(BadOptions, match=f"optim.{key} must be >= 0"):
         bad = x0_config(tmp_path / "r", data)
-        bad.optim.edit_weight = -1.0
+        setattr(bad.optim, key, -1.0)
         bad.check()
-    with pytest.raises(BadOptions, match="edit_weight .* needs model.autoencoder pixel_unshuffle"):
+    with pytest.raises(BadOptions, match=f"{key} .* needs model.autoencoder pixel_unshuffle"):
         kl = x0_config(tmp_path / "r", data, autoencoder="kl", residual=False)
-        kl.optim.edit_weight = 1.0
+        setattr(kl.optim, key, 1.0)
         kl.check()
 
 
@@ -473,3 +478,87 @@ def test_image_stem_from_scratch_and_its_errors(x0_model, tmp_path):
         add_image_stem(plain)
     with pytest.raises(ValueError, match="an image stem needs 3 f\\^2 latent channels"):
         ImageStemUNet2DConditionModel.from_config({**plain.config, "in_channels": 8, "out_channels": 4})
+
+
+def test_grounding_head_learns_where_the_edit_goes_and_is_not_exported(tmp_path):
+    """optim.grounding_weight: a 1x1 head on a UNet module learns the changed latent pixels (its
+    cross-entropy, logged in log.csv, falls from log 2), the run resumes exactly with it, and the
+    exported model has no head weights and edits."""
+    import csv
+
+    from safetensors.torch import load_file
+
+    import ip2p
+
+    data = write_ip2p(tmp_path / "d", 4, size=16)
+
+    def config(run: str, steps: int, layer: str = "up_blocks.0") -> TrainConfig:
+        cfg = x0_config(tmp_path / run, data)
+        cfg.run.max_steps, cfg.run.checkpoint_every, cfg.data.validation_count = steps, 10, 0
+        cfg.optim.grounding_weight, cfg.optim.grounding_layer, cfg.optim.final_lr_ratio = 1.0, layer, 1.0
+        return cfg.check()
+
+    whole = train(config("whole", 20), export=True)
+    rows = list(csv.DictReader((tmp_path / "whole" / "log.csv").open()))
+    grounding = [float(row["grounding"]) for row in rows]
+    assert len(grounding) == 2 and grounding[-1] < grounding[0] - 0.01 and grounding[0] < np.log(2) + 1e-3
+    # resumed from step 10: the same losses as the run that never stopped
+    first = train(config("parts", 10), export=False)
+    rest = train(config("parts", 20), resume=True, export=False)
+    assert np.allclose(first.losses + rest.losses, whole.losses, rtol=1e-5, atol=1e-7)
+    unet = load_file(next((whole.model_dir / "unet").glob("*.safetensors")))
+    assert not [k for k in unet if "grounding" in k or k.startswith("proj.")]
+    image = ip2p.load_editor(str(whole.model_dir), device="cpu").edit(make_pair(2, 16)[0], "make the square red",
+                                                                      **SETTINGS).image
+    assert image.size == (16, 16)
+    # a coarser level (the 2x2 down block of a 4x4 latent) trains against the pooled mask
+    assert np.isfinite(train(config("coarse", 2, "down_blocks.1"), export=False).losses).all()
+
+
+def test_grounding_head_errors(tmp_path):
+    data = write_ip2p(tmp_path / "d", 2, size=16)
+    cfg = x0_config(tmp_path / "run", data)
+    cfg.optim.grounding_weight, cfg.optim.grounding_layer = 1.0, "up_blocks.9"
+    with pytest.raises(BadOptions, match="optim.grounding_layer 'up_blocks.9' is not a module of the UNet"):
+        train(cfg, export=False)
+    with pytest.raises(BadOptions, match="optim.grounding_layer must name a UNet module"):
+        cfg.optim.grounding_layer = ""
+        cfg.check()
+    _check_exact_latent_weight(tmp_path, data, "grounding_weight")
+
+
+def test_grounding_probe_reads_the_head_back_from_a_checkpoint(tmp_path):
+    """benchmarks/grounding_probe.py, as a process, on a 64-px shapes run with a head: one row per
+    object edit, found only where another object could be pointed at, the summary's rates in [0, 1]."""
+    from ip2p.shapes.dataset import MakeOptions, make_dataset
+
+    data = tmp_path / "shapes"
+    make_dataset(MakeOptions(out=str(data), n=8, size=64, format="ip2p", workers=1,
+                             kinds=("recolor_object", "remove_object")).check())
+    cfg = x0_config(tmp_path / "run", data)
+    cfg.data.resolution, cfg.data.validation_count = 64, 0
+    cfg.run.max_steps, cfg.run.checkpoint_every, cfg.optim.grounding_weight = 2, 2, 1.0
+    result = train(cfg.check(), export=True)
+    out = tmp_path / "probe.json"
+    proc = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "grounding_probe.py"),
+                           "--model", str(result.model_dir), "--checkpoint", str(tmp_path / "run/checkpoints/step-0000002"),
+                           "--n", "6", "--kinds", "recolor_object,remove_object", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert len(report["rows"]) == 6 and {r["kind"] for r in report["rows"]} == {"recolor_object", "remove_object"}
+    for row in report["rows"]:
+        assert (row["found"] is None) == (row["objects"] == 1) and 0 <= row["target_p"] <= 1
+    summary = report["summary"]["all"]
+    assert summary["n"] == 6 and summary["n_several_objects"] == sum(r["objects"] > 1 for r in report["rows"])
+    if summary["n_several_objects"]:
+        assert 0 <= summary["found"] <= 1 and 0 < summary["chance"] <= 0.5
+    # a checkpoint without a head is one line, not a traceback
+    plain = x0_config(tmp_path / "plain", data)
+    plain.data.resolution, plain.data.validation_count = 64, 0
+    plain.run.max_steps, plain.run.checkpoint_every = 1, 1
+    train(plain.check(), export=False)
+    proc = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "grounding_probe.py"),
+                           "--model", str(result.model_dir), "--checkpoint", str(tmp_path / "plain/checkpoints/step-0000001"),
+                           "--n", "1", "--out", str(tmp_path / "p.json")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "has no grounding head" in proc.stderr and "Traceback" not in proc.stderr

@@ -141,6 +141,12 @@ class OptimConfig:
     # is (1 + edit_weight) times as heavy there. Object edits touch ~5 % of a shapes image, so their
     # error is otherwise diluted by the 95 % a residual model keeps for free. 0 = off.
     edit_weight: float = 0.0
+    # An auxiliary loss that makes the UNet say where the edit goes: a 1x1 convolution on the output of
+    # the module `grounding_layer` predicts the changed latent pixels (the edit_weight mask), with binary
+    # cross-entropy on the samples that keep both text and image, weighted by grounding_weight. The head
+    # trains with the UNet and is left out of the exported model. 0 = off.
+    grounding_weight: float = 0.0
+    grounding_layer: str = "up_blocks.1"
 
 
 @dataclass
@@ -236,10 +242,13 @@ class TrainConfig:
                 raise BadOptions("optim.snr_gamma weights the x0 loss: it needs model.prediction_type sample")
         if not 0 < o.final_lr_ratio <= 1:
             raise BadOptions(f"optim.final_lr_ratio must be in (0, 1], got {o.final_lr_ratio}")
-        _positive("optim.edit_weight", o.edit_weight, zero_ok=True)
-        if o.edit_weight and m.start == "scratch" and m.autoencoder != "pixel_unshuffle":  # a base's: at load
-            raise BadOptions("optim.edit_weight finds the edit as latent pixels that differ: it needs model.autoencoder "
-                             "pixel_unshuffle (an exact latent)")
+        for key in ("edit_weight", "grounding_weight"):  # a base's autoencoder is checked at load
+            _positive(f"optim.{key}", getattr(o, key), zero_ok=True)
+            if getattr(o, key) and m.start == "scratch" and m.autoencoder != "pixel_unshuffle":
+                raise BadOptions(f"optim.{key} finds the edit as latent pixels that differ: it needs model.autoencoder "
+                                 "pixel_unshuffle (an exact latent)")
+        if o.grounding_weight and not o.grounding_layer:
+            raise BadOptions("optim.grounding_layer must name a UNet module, e.g. up_blocks.1")
         _positive("model.lora_rank", m.lora_rank, zero_ok=True)
         if m.lora_rank and m.start == "scratch":
             raise BadOptions("model.lora_rank: LoRA adapts a pretrained UNet; a scratch model trains fully")

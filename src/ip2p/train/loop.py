@@ -115,6 +115,7 @@ class _Trainer:
         self.accelerator = _make_accelerator(cfg)
         self.warned: set[int] = set()  # bad samples already warned about (once each)
         self.bad_count = 0
+        self.grounding_losses: list[torch.Tensor] = []  # this step's grounding losses (optim.grounding_weight)
         self.state: TrainState | None = None  # set by run()
         self.keep_words = keep_word_set(cfg.data.keep_words) if cfg.data.unknown_words else set()
 
@@ -154,11 +155,11 @@ class _Trainer:
         validation = self._validation_samples(source, size)
 
         components = self._base_model(base_dir, source, dataset, size)
-        if cfg.optim.edit_weight:
+        for key in ("edit_weight", "grounding_weight"):
             from ..architectures import PixelUnshuffleAutoencoder
 
-            if not isinstance(components.vae, PixelUnshuffleAutoencoder):
-                raise BadOptions(f"optim.edit_weight finds the edit as latent pixels that differ: {cfg.model.base} "
+            if getattr(cfg.optim, key) and not isinstance(components.vae, PixelUnshuffleAutoencoder):
+                raise BadOptions(f"optim.{key} finds the edit as latent pixels that differ: {cfg.model.base} "
                                  "has a learned autoencoder, not an exact one (pixel_unshuffle)")
         denoiser = prepare_trainable(components, cfg)
         rank_state = None
@@ -301,7 +302,8 @@ class _Trainer:
                                              num_workers=cfg.data.num_workers,
                                              persistent_workers=cfg.data.num_workers > 0)
         batches = iter(loader)
-        logger = _Logger(self.out, s.step, acc.is_main_process, r.tensorboard, self.emit)
+        logger = _Logger(self.out, s.step, acc.is_main_process, r.tensorboard, self.emit,
+                         grounding=bool(o.grounding_weight))
         losses: list[float] = []
         start_step, t0, samples = s.step, time.perf_counter(), 0
         self.emit("stage", stage="unet", step=s.step, total=r.max_steps, message="training the denoiser")
@@ -326,9 +328,14 @@ class _Trainer:
                 s.ema.update(trainable_state(s.denoiser), s.step)
                 value = acc.reduce(total, "mean").item()
                 losses.append(value)
+                grounding = None
+                if self.grounding_losses:
+                    grounding = acc.reduce(torch.stack(self.grounding_losses).mean(), "mean").item()
+                    self.grounding_losses = []
                 lr = s.schedule.get_last_lr()[0]
                 elapsed = time.perf_counter() - t0
-                logger.add(s.step, value, lr, samples / max(elapsed, 1e-9), sampler.epoch_of(s.position), r.log_every)
+                logger.add(s.step, value, lr, samples / max(elapsed, 1e-9), sampler.epoch_of(s.position), r.log_every,
+                           grounding)
                 self.emit("step", step=s.step, total=r.max_steps, loss=value, lr=lr)
                 if r.checkpoint_every and s.step % r.checkpoint_every == 0:
                     self._checkpoint()
@@ -386,7 +393,7 @@ class _Trainer:
                 latents = (dist.mean[n:].float() + dist.std[n:].float() * noise) * vae.config.scaling_factor
             # Where the edit is: latent pixels whose exact latent changes (all channels share it).
             changed = None
-            if o.edit_weight:
+            if o.edit_weight or o.grounding_weight:
                 changed = (latents - image_latents).abs().amax(dim=1, keepdim=True) > 1e-3
             b = latents.shape[0]
             noise = torch.randn(latents.shape, generator=gen).to(device)
@@ -418,13 +425,34 @@ class _Trainer:
             ids = torch.where(drop_text[:, None], s.empty_ids.expand_as(ids), ids).to(device)
             image_latents = image_latents * (~drop_image).to(device, image_latents.dtype)[:, None, None, None]
         pred = s.model(noisy, image_latents, timesteps, ids, tok.pad_token_id)
-        if weight is None and changed is None:
-            return F.mse_loss(pred.float(), target.float())
-        error = F.mse_loss(pred.float(), target.float(), reduction="none")
-        if changed is not None:
-            error = error * (1 + o.edit_weight * changed.float())
-        per_sample = error.mean(dim=(1, 2, 3))
-        return (per_sample if weight is None else weight * per_sample).mean()
+        grounding = None
+        if o.grounding_weight:
+            pred, where = pred
+            grounding = self._grounding_loss(where, changed, ~(drop_text | drop_image))
+        if weight is None and not o.edit_weight:
+            loss = F.mse_loss(pred.float(), target.float())
+        else:
+            error = F.mse_loss(pred.float(), target.float(), reduction="none")
+            if o.edit_weight:
+                error = error * (1 + o.edit_weight * changed.float())
+            per_sample = error.mean(dim=(1, 2, 3))
+            loss = (per_sample if weight is None else weight * per_sample).mean()
+        if grounding is None:
+            return loss
+        self.grounding_losses.append(grounding.detach())
+        return loss + o.grounding_weight * grounding
+
+    @staticmethod
+    def _grounding_loss(logits: torch.Tensor, changed: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy of the head's logits against the changed latent pixels.
+
+        Only the samples that keep both text and image count: without either, where the edit goes is
+        not determined. A head on a coarser level than the latent predicts "any pixel of the cell".
+        """
+        target = F.adaptive_max_pool2d(changed.float(), logits.shape[-2:])
+        per_sample = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").mean(dim=(1, 2, 3))
+        keep = keep.to(per_sample.device, per_sample.dtype)
+        return (per_sample * keep).sum() / keep.sum().clamp(min=1)
 
     # ---------------------------------------------------------------------------------------
     def _checkpoint(self) -> None:
@@ -574,12 +602,17 @@ def _make_accelerator(cfg: TrainConfig):
 
 
 class _Logger:
-    """Loss and LR to ``log.csv`` (always) and TensorBoard (when installed), main process only."""
+    """Loss and LR to ``log.csv`` (always) and TensorBoard (when installed), main process only.
+
+    With a grounding head, a last column holds its cross-entropy (part of ``loss``, weighted).
+    """
 
     FIELDS = ("step", "loss", "lr", "samples_per_s", "epoch")
 
-    def __init__(self, out: Path, step: int, enabled: bool, tensorboard: bool, emit: Callable):
-        self.enabled, self.writer, self.pending = enabled, None, []
+    def __init__(self, out: Path, step: int, enabled: bool, tensorboard: bool, emit: Callable,
+                 grounding: bool = False):
+        self.enabled, self.writer, self.pending, self.pending_grounding = enabled, None, [], []
+        self.fields = self.FIELDS + (("grounding",) if grounding else ())
         if not enabled:
             return
         self.path = out / "log.csv"
@@ -588,7 +621,7 @@ class _Logger:
             with self.path.open(newline="") as handle:
                 rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= step]
         with atomic_path(self.path) as tmp, tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, self.FIELDS)
+            writer = csv.DictWriter(handle, self.fields, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
         if tensorboard:
@@ -599,19 +632,28 @@ class _Logger:
             except ImportError:
                 emit("warning", message="tensorboard is not installed: logging to log.csv only")
 
-    def add(self, step: int, loss: float, lr: float, rate: float, epoch: float, every: int) -> None:
+    def add(self, step: int, loss: float, lr: float, rate: float, epoch: float, every: int,
+            grounding: float | None = None) -> None:
         if not self.enabled:
             return
         self.pending.append(loss)
+        if grounding is not None:
+            self.pending_grounding.append(grounding)
         if every and step % every:
             return
         mean = sum(self.pending) / len(self.pending)
-        self.pending = []
+        row = [step, f"{mean:.6g}", f"{lr:.6g}", f"{rate:.4g}", f"{epoch:.4f}"]
+        if len(self.fields) > len(self.FIELDS):
+            values = self.pending_grounding or [float("nan")]
+            row.append(f"{sum(values) / len(values):.6g}")
+        self.pending, self.pending_grounding = [], []
         with self.path.open("a", newline="") as handle:
-            csv.writer(handle).writerow([step, f"{mean:.6g}", f"{lr:.6g}", f"{rate:.4g}", f"{epoch:.4f}"])
+            csv.writer(handle).writerow(row)
         if self.writer is not None:
             self.writer.add_scalar("train/loss", mean, step)
             self.writer.add_scalar("train/lr", lr, step)
+            if len(row) > len(self.FIELDS):
+                self.writer.add_scalar("train/grounding", float(row[-1]), step)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -8,11 +8,13 @@ kept, so at step 0 the widened model is exactly the text-to-image model.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
 from ..components import Components
-from ..errors import BadModel
+from ..errors import BadModel, BadOptions
 from .config import TrainConfig
 
 # --------------------------------------------------------------------------------------------
@@ -226,18 +228,68 @@ def build_scratch(cfg: TrainConfig, instructions: list[str]) -> Components:
 # the trained module
 
 
+class GroundingHead(nn.Module):
+    """Where the edit goes, read from one UNet module's output: a 1x1 convolution to one logit a pixel.
+
+    Trained against the latent pixels the edit changes (``optim.grounding_weight``), it asks the
+    features in the middle of the UNet to say which object the instruction names, a dense signal the
+    denoising loss gives only through the few pixels an object edit touches. Zero at the start, so
+    the first logits say "unsure" (0.5); not part of the exported model.
+    """
+
+    def __init__(self, unet, layer: str):
+        super().__init__()
+        try:
+            module = unet.get_submodule(layer)
+        except AttributeError:
+            known = ", ".join(name for name, _ in unet.named_children())
+            raise BadOptions(f"optim.grounding_layer {layer!r} is not a module of the UNet (top level: {known})") from None
+        object.__setattr__(self, "layer", module)  # a reference, not a submodule: the UNet owns its weights
+        cfg = unet.config
+        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+        probe = torch.zeros(1, cfg.in_channels, size, size, device=unet.device, dtype=unet.dtype)
+        text = torch.zeros(1, 1, cfg.cross_attention_dim, device=unet.device, dtype=unet.dtype)
+        with torch.no_grad(), self.capture() as found:
+            unet(probe, torch.zeros(1, device=unet.device), text)
+        if found[0].dim() != 4:
+            raise BadOptions(f"optim.grounding_layer {layer!r} gives no feature map (shape {tuple(found[0].shape)})")
+        self.proj = nn.Conv2d(found[0].shape[1], 1, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    @contextlib.contextmanager
+    def capture(self):
+        """While open, the module's latest output feature map is ``found[0]``."""
+        found: list[torch.Tensor] = []
+
+        def keep(_module, _args, output):
+            output = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+            found[:] = [output]
+
+        hook = self.layer.register_forward_hook(keep)
+        try:
+            yield found
+        finally:
+            hook.remove()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.proj(features.to(self.proj.weight.dtype))
+
+
 class Denoiser(nn.Module):
     """UNet plus text encoder as one module, so data-parallel wrapping covers whatever trains.
 
     ``forward`` is the paper's conditional denoiser: e(z_t, t, E(c_I), c_T) with the image latent
-    concatenated to the noisy latent along channels.
+    concatenated to the noisy latent along channels. With a :class:`GroundingHead` it also returns
+    the head's logits of where the edit goes.
     """
 
-    def __init__(self, unet, text_encoder, train_text_encoder: bool):
+    def __init__(self, unet, text_encoder, train_text_encoder: bool, grounding: GroundingHead | None = None):
         super().__init__()
         self.unet = unet
         self.text_encoder = text_encoder
         self.train_text_encoder = train_text_encoder
+        self.grounding = grounding
 
     def encode_text(self, input_ids: torch.Tensor, pad_id: int | None = None) -> torch.Tensor:
         mask = None
@@ -249,7 +301,11 @@ class Denoiser(nn.Module):
     def forward(self, noisy: torch.Tensor, image_latents: torch.Tensor, timesteps: torch.Tensor,
                 input_ids: torch.Tensor, pad_id: int | None = None) -> torch.Tensor:
         text = self.encode_text(input_ids, pad_id).to(noisy.dtype)
-        return self.unet(torch.cat([noisy, image_latents], dim=1), timesteps, text).sample
+        if self.grounding is None:
+            return self.unet(torch.cat([noisy, image_latents], dim=1), timesteps, text).sample
+        with self.grounding.capture() as found:
+            sample = self.unet(torch.cat([noisy, image_latents], dim=1), timesteps, text).sample
+        return sample, self.grounding(found[0])
 
 
 def prepare_trainable(components: Components, cfg: TrainConfig) -> Denoiser:
@@ -268,7 +324,8 @@ def prepare_trainable(components: Components, cfg: TrainConfig) -> Denoiser:
         unet.enable_gradient_checkpointing()
         if cfg.trains_text_encoder:
             text_encoder.gradient_checkpointing_enable()
-    return Denoiser(unet, text_encoder, cfg.trains_text_encoder)
+    grounding = GroundingHead(unet, cfg.optim.grounding_layer) if cfg.optim.grounding_weight else None
+    return Denoiser(unet, text_encoder, cfg.trains_text_encoder, grounding)
 
 
 def add_lora(unet, cfg: TrainConfig) -> None:
