@@ -30,6 +30,7 @@ from safetensors.torch import load_file
 
 from ip2p.models import load_folder
 from ip2p.shapes import make_example, render
+from ip2p.shapes.bench import example_grid
 from ip2p.train.model import Denoiser, GroundingHead
 
 
@@ -54,7 +55,9 @@ def load(model: str, checkpoint: Path) -> tuple[Denoiser, object]:
     return denoiser, components
 
 
-def run(model: str, checkpoint: Path, n: int, seed: int, kinds: list[str], bench: Path | None) -> dict:
+def run(model: str, checkpoint: Path, n: int, seed: int, kinds: list[str], bench: Path | None,
+        figure: list | None = None) -> dict:
+    """The report; with ``figure`` (a list), also each scene's (label, input, head map, true change)."""
     denoiser, c = load(model, checkpoint)
     size = c.vae.config.sample_size
     outcome = {}
@@ -86,6 +89,11 @@ def run(model: str, checkpoint: Path, n: int, seed: int, kinds: list[str], bench
         if example.seed in outcome:
             row["edit_success"] = outcome[example.seed]
         rows.append(row)
+        if figure is not None and others:
+            heat = np.repeat((p * 255).round().astype(np.uint8)[..., None], 3, axis=2)
+            change = np.repeat(example.mask[..., None].astype(np.uint8) * 255, 3, axis=2)
+            label = f"{'found' if row['found'] else 'MISSED'} ({example.reference}) {example.instruction}"
+            figure.append((example.reference == "kind", label, example.before, heat, change))
 
     def summary(items: list[dict]) -> dict:
         """Found rates over the scenes with another object to point at; chance is 1 / objects there."""
@@ -117,11 +125,20 @@ def main() -> None:
     p.add_argument("--kinds", default="recolor_object")
     p.add_argument("--bench", type=Path, help="report.json of `ip2p bench shapes` on the same examples")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--figure", type=Path, help="a PNG of scenes with several objects, bare kinds first: "
+                                                "input | the head's probability (white: edit here) | the true change")
+    p.add_argument("--figure-rows", type=int, default=12)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    report = run(args.model, args.checkpoint, args.n, args.seed, args.kinds.split(","), args.bench)
+    figure = [] if args.figure else None
+    report = run(args.model, args.checkpoint, args.n, args.seed, args.kinds.split(","), args.bench, figure)
+    if figure:
+        figure.sort(key=lambda entry: not entry[0])  # stable: bare kinds first, then in seed order
+        tmp = args.figure.with_name(args.figure.name + ".tmp.png")
+        example_grid([entry[1:] for entry in figure[:args.figure_rows]]).save(tmp)
+        tmp.replace(args.figure)
     report = {"benchmark": "grounding_probe", "model": args.model, "checkpoint": str(args.checkpoint),
               "n": args.n, "seed": args.seed, "kinds": args.kinds, "date": time.strftime("%Y-%m-%d"),
               "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "

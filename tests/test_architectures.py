@@ -542,7 +542,8 @@ def test_grounding_probe_reads_the_head_back_from_a_checkpoint(tmp_path):
     out = tmp_path / "probe.json"
     proc = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "grounding_probe.py"),
                            "--model", str(result.model_dir), "--checkpoint", str(tmp_path / "run/checkpoints/step-0000002"),
-                           "--n", "6", "--kinds", "recolor_object,remove_object", "--out", str(out)],
+                           "--n", "6", "--kinds", "recolor_object,remove_object", "--out", str(out),
+                           "--figure", str(tmp_path / "probe.png")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
@@ -551,8 +552,11 @@ def test_grounding_probe_reads_the_head_back_from_a_checkpoint(tmp_path):
         assert (row["found"] is None) == (row["objects"] == 1) and 0 <= row["target_p"] <= 1
     summary = report["summary"]["all"]
     assert summary["n"] == 6 and summary["n_several_objects"] == sum(r["objects"] > 1 for r in report["rows"])
-    if summary["n_several_objects"]:
+    if summary["n_several_objects"]:  # and one figure row each: input | head map | true change
         assert 0 <= summary["found"] <= 1 and 0 < summary["chance"] <= 0.5
+        from PIL import Image
+
+        assert Image.open(tmp_path / "probe.png").size == (3 * 128, summary["n_several_objects"] * (128 + 14))
     # a checkpoint without a head is one line, not a traceback
     plain = x0_config(tmp_path / "plain", data)
     plain.data.resolution, plain.data.validation_count = 64, 0
