@@ -10,7 +10,8 @@ object counts as *found* when the head's mean probability over its cells is abov
 other object's (chance: one over the number of objects). Grouped by how the
 instruction names the object (kind, colour, colour+kind, position), this separates "the features
 know which object" from "the output follows": with ``--bench`` (a ``report.json`` of
-``ip2p bench shapes`` on the same examples) each row also says whether the edit succeeded.
+``ip2p bench shapes`` on the same examples) each row also says whether the edit succeeded, and
+``--figure`` draws the scenes: input | the head's probability | the true change.
 
     python benchmarks/grounding_probe.py --model MODEL --checkpoint RUN/checkpoints/step-N \
         --n 120 --seed 5000 --bench bench/report.json --out grounding.json
@@ -41,6 +42,8 @@ def cell_weights(visible: np.ndarray, cells: int) -> np.ndarray:
 
 def load(model: str, checkpoint: Path) -> tuple[Denoiser, object]:
     """The model folder's components with the checkpoint's EMA weights (its trained parts) and head."""
+    if not (checkpoint / "ema.safetensors").is_file() or not (checkpoint / "state.json").is_file():
+        raise SystemExit(f"{checkpoint} is not a checkpoint folder of ip2p train (no ema.safetensors and state.json)")
     components = load_folder(model)
     state = json.loads((checkpoint / "state.json").read_text())
     layer = state["config"]["optim"]["grounding_layer"]

@@ -155,9 +155,9 @@ class _Trainer:
         validation = self._validation_samples(source, size)
 
         components = self._base_model(base_dir, source, dataset, size)
-        for key in ("edit_weight", "grounding_weight"):
-            from ..architectures import PixelUnshuffleAutoencoder
+        from ..architectures import PixelUnshuffleAutoencoder
 
+        for key in ("edit_weight", "grounding_weight"):
             if getattr(cfg.optim, key) and not isinstance(components.vae, PixelUnshuffleAutoencoder):
                 raise BadOptions(f"optim.{key} finds the edit as latent pixels that differ: {cfg.model.base} "
                                  "has a learned autoencoder, not an exact one (pixel_unshuffle)")
