@@ -28,16 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from shape_probe import cell_weights  # benchmarks/ is on the path when a script runs
 
 from ip2p.models import load_folder
 from ip2p.shapes import make_example, render
 from ip2p.shapes.bench import example_grid
 from ip2p.train.model import Denoiser, GroundingHead
-
-
-def cell_weights(visible: np.ndarray, cells: int) -> np.ndarray:
-    side = visible.shape[0] // cells
-    return visible.reshape(cells, side, cells, side).mean((1, 3))
 
 
 def load(model: str, checkpoint: Path) -> tuple[Denoiser, object]:

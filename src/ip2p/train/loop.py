@@ -115,7 +115,6 @@ class _Trainer:
         self.accelerator = _make_accelerator(cfg)
         self.warned: set[int] = set()  # bad samples already warned about (once each)
         self.bad_count = 0
-        self.grounding_losses: list[torch.Tensor] = []  # this step's grounding losses (optim.grounding_weight)
         self.state: TrainState | None = None  # set by run()
         self.keep_words = keep_word_set(cfg.data.keep_words) if cfg.data.unknown_words else set()
 
@@ -310,15 +309,18 @@ class _Trainer:
         try:
             while s.step < r.max_steps:
                 total = torch.zeros((), device=acc.device)
+                grounding_total = torch.zeros((), device=acc.device)  # the head's share (optim.grounding_weight)
                 for micro in range(o.grad_accum):
                     batch = self._next_batch(batches)
                     samples += len(batch["index"]) * acc.num_processes
                     sync = contextlib.nullcontext() if micro == o.grad_accum - 1 else acc.no_sync(s.model)
                     with sync:
                         with acc.autocast():
-                            loss = self._loss(batch)
+                            loss, grounding = self._loss(batch)
                         acc.backward(loss / o.grad_accum)
                     total += loss.detach() / o.grad_accum
+                    if grounding is not None:
+                        grounding_total += grounding.detach() / o.grad_accum
                 if o.max_grad_norm:
                     acc.clip_grad_norm_(s.params, o.max_grad_norm)
                 s.optimizer.step()
@@ -328,10 +330,7 @@ class _Trainer:
                 s.ema.update(trainable_state(s.denoiser), s.step)
                 value = acc.reduce(total, "mean").item()
                 losses.append(value)
-                grounding = None
-                if self.grounding_losses:
-                    grounding = acc.reduce(torch.stack(self.grounding_losses).mean(), "mean").item()
-                    self.grounding_losses = []
+                grounding = acc.reduce(grounding_total, "mean").item() if o.grounding_weight else None
                 lr = s.schedule.get_last_lr()[0]
                 elapsed = time.perf_counter() - t0
                 logger.add(s.step, value, lr, samples / max(elapsed, 1e-9), sampler.epoch_of(s.position), r.log_every,
@@ -372,7 +371,7 @@ class _Trainer:
             if batch["index"]:
                 return batch
 
-    def _loss(self, batch: dict) -> torch.Tensor:
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         s, o = self.state, self.cfg.optim
         gen, vae, scheduler = s.generator, s.components.vae, s.noise_scheduler
         device = self.accelerator.device
@@ -438,9 +437,8 @@ class _Trainer:
             per_sample = error.mean(dim=(1, 2, 3))
             loss = (per_sample if weight is None else weight * per_sample).mean()
         if grounding is None:
-            return loss
-        self.grounding_losses.append(grounding.detach())
-        return loss + o.grounding_weight * grounding
+            return loss, None
+        return loss + o.grounding_weight * grounding, grounding
 
     @staticmethod
     def _grounding_loss(logits: torch.Tensor, changed: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -612,6 +610,7 @@ class _Logger:
     def __init__(self, out: Path, step: int, enabled: bool, tensorboard: bool, emit: Callable,
                  grounding: bool = False):
         self.enabled, self.writer, self.pending, self.pending_grounding = enabled, None, [], []
+        self.grounding = grounding
         self.fields = self.FIELDS + (("grounding",) if grounding else ())
         if not enabled:
             return
@@ -643,17 +642,17 @@ class _Logger:
             return
         mean = sum(self.pending) / len(self.pending)
         row = [step, f"{mean:.6g}", f"{lr:.6g}", f"{rate:.4g}", f"{epoch:.4f}"]
-        if len(self.fields) > len(self.FIELDS):
-            values = self.pending_grounding or [float("nan")]
-            row.append(f"{sum(values) / len(values):.6g}")
+        if self.grounding:
+            grounding_mean = sum(self.pending_grounding) / max(len(self.pending_grounding), 1)
+            row.append(f"{grounding_mean:.6g}")
         self.pending, self.pending_grounding = [], []
         with self.path.open("a", newline="") as handle:
             csv.writer(handle).writerow(row)
         if self.writer is not None:
             self.writer.add_scalar("train/loss", mean, step)
             self.writer.add_scalar("train/lr", lr, step)
-            if len(row) > len(self.FIELDS):
-                self.writer.add_scalar("train/grounding", float(row[-1]), step)
+            if self.grounding:
+                self.writer.add_scalar("train/grounding", grounding_mean, step)
 
     def close(self) -> None:
         if self.writer is not None:

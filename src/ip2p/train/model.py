@@ -301,10 +301,11 @@ class Denoiser(nn.Module):
     def forward(self, noisy: torch.Tensor, image_latents: torch.Tensor, timesteps: torch.Tensor,
                 input_ids: torch.Tensor, pad_id: int | None = None) -> torch.Tensor:
         text = self.encode_text(input_ids, pad_id).to(noisy.dtype)
+        x = torch.cat([noisy, image_latents], dim=1)
         if self.grounding is None:
-            return self.unet(torch.cat([noisy, image_latents], dim=1), timesteps, text).sample
+            return self.unet(x, timesteps, text).sample
         with self.grounding.capture() as found:
-            sample = self.unet(torch.cat([noisy, image_latents], dim=1), timesteps, text).sample
+            sample = self.unet(x, timesteps, text).sample
         return sample, self.grounding(found[0])
 
 
