@@ -1,7 +1,7 @@
 """Which object does the demo UNet think an instruction names? Its grounding head, read back.
 
 A run trained with ``optim.grounding_weight`` has a 1x1 head on one UNet module
-(``ip2p.train.model.GroundingHead``) that predicts which latent pixels the edit changes. The export
+(``ip2p.train.model.FeatureHead``) that predicts which latent pixels the edit changes. The export
 leaves it out, but every checkpoint's ``ema.safetensors`` holds it. This puts it back beside the
 checkpoint's EMA weights and, for the object edits of the test split (the bench's own examples:
 example i is test seed ``--seed + i``), runs the UNet once at the first sampling step (t = 999: pure
@@ -11,7 +11,9 @@ other object's (chance: one over the number of objects). Grouped by how the
 instruction names the object (kind, colour, colour+kind, position), this separates "the features
 know which object" from "the output follows": with ``--bench`` (a ``report.json`` of
 ``ip2p bench shapes`` on the same examples) each row also says whether the edit succeeded, and
-``--figure`` draws the scenes: input | the head's probability | the true change.
+``--figure`` draws the scenes: input | the head's probability | the true change. A run with kind
+heads too (``optim.kind_weight``) gets ``kind_read`` per head: how often the head's class shares over
+the named object pick its kind among the shape kinds (chance about one in eight).
 
     python benchmarks/grounding_probe.py --model MODEL --checkpoint RUN/checkpoints/step-N \
         --n 120 --seed 5000 --bench bench/report.json --out grounding.json
@@ -31,9 +33,9 @@ from safetensors.torch import load_file
 from shape_probe import cell_weights  # benchmarks/ is on the path when a script runs
 
 from ip2p.models import load_folder
-from ip2p.shapes import make_example, render
+from ip2p.shapes import KINDS, make_example, render
 from ip2p.shapes.bench import example_grid
-from ip2p.train.model import Denoiser, GroundingHead
+from ip2p.train.model import KIND_CLASSES, Denoiser, FeatureHead
 
 
 def load(model: str, checkpoint: Path) -> tuple[Denoiser, object]:
@@ -42,9 +44,11 @@ def load(model: str, checkpoint: Path) -> tuple[Denoiser, object]:
         raise SystemExit(f"{checkpoint} is not a checkpoint folder of ip2p train (no ema.safetensors and state.json)")
     components = load_folder(model)
     state = json.loads((checkpoint / "state.json").read_text())
-    layer = state["config"]["optim"]["grounding_layer"]
+    optim = state["config"]["optim"]
+    kind_heads = [FeatureHead(components.unet, layer, KIND_CLASSES) for layer in optim.get("kind_layers", [])
+                  if optim.get("kind_weight")]
     denoiser = Denoiser(components.unet.eval(), components.text_encoder.eval(), False,
-                        GroundingHead(components.unet, layer))
+                        FeatureHead(components.unet, optim["grounding_layer"]), kind_heads)
     ema = load_file(checkpoint / "ema.safetensors")
     if "grounding.proj.weight" not in ema:
         raise SystemExit(f"{checkpoint} has no grounding head (trained without optim.grounding_weight)")
@@ -75,8 +79,8 @@ def run(model: str, checkpoint: Path, n: int, seed: int, kinds: list[str], bench
             ids = c.tokenizer([example.instruction], padding="max_length", truncation=True,
                               max_length=c.tokenizer.model_max_length, return_tensors="pt").input_ids
             noise = torch.randn(latent.shape, generator=generator)
-            _, logits = denoiser(noise, latent, torch.tensor([999.0]), ids, c.tokenizer.pad_token_id)
-        p = torch.sigmoid(logits[0, 0]).numpy()
+            heads = denoiser(noise, latent, torch.tensor([999.0]), ids, c.tokenizer.pad_token_id)[1]
+        p = torch.sigmoid(heads.where[0, 0]).numpy()
         visible = render(example.scene, size).visible
         means = {oid: float((p * (w := cell_weights(v, p.shape[-1]))).sum() / max(w.sum(), 1e-9))
                  for oid, v in visible.items() if v.sum() > 0}
@@ -85,6 +89,11 @@ def run(model: str, checkpoint: Path, n: int, seed: int, kinds: list[str], bench
                "instruction": example.instruction, "target_p": round(means[target_id], 4),
                "best_other_p": round(max(others), 4) if others else None,
                "objects": len(means), "found": means[target_id] > max(others) if others else None}
+        if heads.kinds:  # what each kind head reads over the named object: its kind, among the shape kinds?
+            shares = [torch.softmax(k[0], dim=0).numpy() for k in heads.kinds]
+            w = [cell_weights(visible[target_id], k.shape[-1]) for k in shares]
+            read = [int(np.argmax((k[1:] * wk).sum(axis=(1, 2)))) for k, wk in zip(shares, w, strict=True)]
+            row["kind_read"] = [KINDS[i] == example.scene.get(target_id).kind for i in read]
         if example.seed in outcome:
             row["edit_success"] = outcome[example.seed]
         rows.append(row)
@@ -100,6 +109,9 @@ def run(model: str, checkpoint: Path, n: int, seed: int, kinds: list[str], bench
         out = {"n": len(items), "n_several_objects": len(several),
                "found": round(float(np.mean([r["found"] for r in several])), 4) if several else None,
                "chance": round(float(np.mean([1 / r["objects"] for r in several])), 4) if several else None}
+        if items and "kind_read" in items[0]:
+            out["kind_read"] = [round(float(np.mean([r["kind_read"][h] for r in items])), 4)
+                                for h in range(len(items[0]["kind_read"]))]
         judged = [r for r in items if "edit_success" in r]
         if judged:
             out["edit_success"] = round(float(np.mean([r["edit_success"] for r in judged])), 4)

@@ -10,6 +10,8 @@ edit's error outside the true mask counted only where the mask the auto edit use
 unmasked edit is that auto edit's first pass: same seed, same settings): error there is what the model changed strongly in the
 wrong place, and no mask made from the change can remove it. ``auto_when_right``: unmasked and auto
 error on the examples whose unmasked edit passed its kind's rule (the model edited the right thing).
+``auto_nothing_changed``: auto edits whose first pass changed nothing; ``--mask auto`` then refuses
+in one line (nothing could change), and the input itself is scored.
 
     python benchmarks/mask_preservation.py --model demo --n 16 --out benchmarks/results/masks-demo.json
 
@@ -61,6 +63,7 @@ def main(argv=None) -> int:
     import torch
 
     from ip2p.editor import Editor
+    from ip2p.errors import BadImage
     from ip2p.shapes.edits import make_example
     from ip2p.shapes.score import score_edit
 
@@ -75,6 +78,7 @@ def main(argv=None) -> int:
     rows: dict[str, dict[str, list]] = {kind: {way: [] for way in WAYS} for kind in KINDS}
     floors: dict[str, list[float]] = {kind: [] for kind in KINDS}
     right: dict[str, list[int]] = {kind: [] for kind in KINDS}  # indices whose unmasked edit passed its rule
+    unchanged: dict[str, int] = {kind: 0 for kind in KINDS}  # auto edits whose first pass changed nothing
     auto = {k: v for k, v in (("mask_threshold", args.mask_threshold), ("mask_dilation", args.mask_dilation))
             if v is not None}
     auto_used: dict[str, float] = {}
@@ -88,9 +92,15 @@ def main(argv=None) -> int:
                      "true mask, feather 0": (example.mask, {"mask_feather": 0}),
                      "auto mask": ("auto", auto)}
             for way, (mask, extra) in masks.items():
-                result = editor.edit(example.before, example.instruction, seed=example.seed, resolution=args.size,
-                                     mask=mask, **extra)
-                output = np.asarray(result.image)
+                try:
+                    result = editor.edit(example.before, example.instruction, seed=example.seed,
+                                         resolution=args.size, mask=mask, **extra)
+                    output = np.asarray(result.image)
+                except BadImage:  # --mask auto refuses an empty change mask: the user keeps the input
+                    if way != "auto mask":
+                        raise
+                    result, output = None, example.before
+                    unchanged[kind] += 1
                 mean, worst = outside_error(example, output)
                 score = score_edit(example, output)
                 rows[kind][way].append({"outside_mae": mean, "outside_max": worst, "success": score["success"]})
@@ -98,9 +108,11 @@ def main(argv=None) -> int:
                     unmasked = output
                     if score["kind_ok"]:
                         right[kind].append(len(rows[kind][way]) - 1)
-                elif way == "auto mask":
+                elif way == "auto mask" and result is not None:
                     floors[kind].append(outside_error(example, unmasked, within=result.masks[0])[0])
                     auto_used = {k: result.params[0][k] for k in ("mask_threshold", "mask_dilation")}
+                elif way == "auto mask":
+                    floors[kind].append(0.0)  # an empty mask covers nothing
         print(f"{kind}: done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
 
     table = {}
@@ -110,6 +122,7 @@ def main(argv=None) -> int:
                              "success": round(float(np.mean([r["success"] for r in items])), 3)}
                        for way, items in ways.items()}
         table[kind]["auto_floor_mae"] = round(float(np.mean(floors[kind])), 3)
+        table[kind]["auto_nothing_changed"] = unchanged[kind]
         table[kind]["auto_when_right"] = {"n": len(right[kind]), **{
             way: round(float(np.mean([ways[way][i]["outside_mae"] for i in right[kind]])), 3) if right[kind] else None
             for way in ("unmasked", "auto mask")}}

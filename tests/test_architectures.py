@@ -527,9 +527,85 @@ def test_grounding_head_errors(tmp_path):
     _check_exact_latent_weight(tmp_path, data, "grounding_weight")
 
 
+def _shapes_config(tmp_path, run: str, data: Path, steps: int, **optim) -> TrainConfig:
+    cfg = x0_config(tmp_path / run, data)
+    cfg.data.resolution, cfg.data.validation_count = 64, 0
+    cfg.run.max_steps, cfg.run.checkpoint_every, cfg.run.log_every, cfg.optim.final_lr_ratio = steps, 10, 1, 1.0
+    for key, value in optim.items():
+        setattr(cfg.optim, key, value)
+    return cfg.check()
+
+
+def test_kind_heads_learn_the_kind_map_and_are_not_exported(tmp_path):
+    """optim.kind_weight: 1x1 heads on the modules of optim.kind_layers learn the data set's kind map
+    (their cross-entropy, logged in log.csv, starts at log 9 classes and falls), the run resumes
+    exactly with them beside a grounding head, and the exported model has no head weights."""
+    import csv
+
+    from safetensors.torch import load_file
+
+    from ip2p.shapes.dataset import MakeOptions, make_dataset
+
+    data = tmp_path / "shapes"
+    make_dataset(MakeOptions(out=str(data), n=4, size=64, format="ip2p", workers=1,
+                             kinds=("recolor_object",)).check())
+    heads = {"kind_weight": 1.0, "grounding_weight": 0.5, "drop_text": 0.0, "drop_image": 0.0, "drop_both": 0.0}
+    whole = train(_shapes_config(tmp_path, "whole", data, 20, **heads), export=True)
+    rows = list(csv.DictReader((tmp_path / "whole" / "log.csv").open()))
+    kind = [float(row["kind"]) for row in rows]  # one row a step (log_every 1)
+    assert len(kind) == 20 and abs(kind[0] - np.log(9)) < 1e-3 and np.mean(kind[-5:]) < kind[0] - 0.3
+    assert all(float(row["grounding"]) > 0 for row in rows)
+    first = train(_shapes_config(tmp_path, "parts", data, 10, **heads), export=False)
+    rest = train(_shapes_config(tmp_path, "parts", data, 20, **heads), resume=True, export=False)
+    assert np.allclose(first.losses + rest.losses, whole.losses, rtol=1e-5, atol=1e-7)
+    unet = load_file(next((whole.model_dir / "unet").glob("*.safetensors")))
+    assert not [k for k in unet if "kind_heads" in k or k.startswith("proj.")]
+
+
+def test_kind_map_reference_bounds_the_kind_loss(tmp_path):
+    """benchmarks/kind_map_reference.py, as a process: knowing where the objects are beats knowing
+    nothing, knowing their kinds too beats both; a folder without kind maps is one line."""
+    from ip2p.shapes.dataset import MakeOptions, make_dataset
+
+    data = tmp_path / "shapes"
+    make_dataset(MakeOptions(out=str(data), n=6, size=64, format="ip2p", workers=1).check())
+    script = str(Path(__file__).parents[1] / "benchmarks" / "kind_map_reference.py")
+    out = tmp_path / "ref.json"
+    proc = subprocess.run([sys.executable, script, "--data", str(data), "--out", str(out)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    heads = json.loads(out.read_text())["heads"]
+    assert set(heads) == {"16x16", "8x8"}
+    for ref in heads.values():
+        assert ref["knows_nothing"] > ref["knows_where_not_kind"] > ref["knows_everything"] > 0
+    pairs = write_ip2p(tmp_path / "d", 2, size=16)
+    proc = subprocess.run([sys.executable, script, "--data", str(pairs), "--out", str(out)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0 and "has no kind maps" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_kind_head_errors(tmp_path):
+    pairs = write_ip2p(tmp_path / "d", 2, size=16)  # no kind maps
+    cfg = x0_config(tmp_path / "run", pairs)
+    cfg.optim.kind_weight = 1.0
+    with pytest.raises(BadOptions, match="optim.kind_weight trains against kind maps, and data set .* has none"):
+        train(cfg.check(), export=False)
+    from ip2p.shapes.dataset import MakeOptions, make_dataset
+
+    data = tmp_path / "shapes"
+    make_dataset(MakeOptions(out=str(data), n=2, size=64, format="ip2p", workers=1).check())
+    with pytest.raises(BadOptions, match="optim.kind_layers 'down_blocks.7' is not a module of the UNet"):
+        train(_shapes_config(tmp_path, "r2", data, 1, kind_weight=1.0, kind_layers=["down_blocks.7"]), export=False)
+    with pytest.raises(BadOptions, match="optim.kind_layers must list UNet modules"):
+        _shapes_config(tmp_path, "r3", data, 1, kind_weight=1.0, kind_layers=[])
+    with pytest.raises(BadOptions, match="optim.kind_weight must be >= 0, got -1"):
+        _shapes_config(tmp_path, "r4", data, 1, kind_weight=-1.0)
+
+
 def test_grounding_probe_reads_the_head_back_from_a_checkpoint(tmp_path):
-    """benchmarks/grounding_probe.py, as a process, on a 64-px shapes run with a head: one row per
-    object edit, found only where another object could be pointed at, the summary's rates in [0, 1]."""
+    """benchmarks/grounding_probe.py, as a process, on a 64-px shapes run with a grounding head and
+    kind heads: one row per object edit, found only where another object could be pointed at, the
+    summary's rates in [0, 1], a kind-read rate per kind head."""
     from ip2p.shapes.dataset import MakeOptions, make_dataset
 
     data = tmp_path / "shapes"
@@ -537,7 +613,7 @@ def test_grounding_probe_reads_the_head_back_from_a_checkpoint(tmp_path):
                              kinds=("recolor_object", "remove_object")).check())
     cfg = x0_config(tmp_path / "run", data)
     cfg.data.resolution, cfg.data.validation_count = 64, 0
-    cfg.run.max_steps, cfg.run.checkpoint_every, cfg.optim.grounding_weight = 2, 2, 1.0
+    cfg.run.max_steps, cfg.run.checkpoint_every, cfg.optim.grounding_weight, cfg.optim.kind_weight = 2, 2, 1.0, 1.0
     result = train(cfg.check(), export=True)
     out = tmp_path / "probe.json"
     proc = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "grounding_probe.py"),
@@ -551,6 +627,7 @@ def test_grounding_probe_reads_the_head_back_from_a_checkpoint(tmp_path):
     for row in report["rows"]:
         assert (row["found"] is None) == (row["objects"] == 1) and 0 <= row["target_p"] <= 1
     summary = report["summary"]["all"]
+    assert len(summary["kind_read"]) == 2 and all(0 <= k <= 1 for k in summary["kind_read"])  # one a kind head
     assert summary["n"] == 6 and summary["n_several_objects"] == sum(r["objects"] > 1 for r in report["rows"])
     if summary["n_several_objects"]:  # and one figure row each: input | head map | true change
         assert 0 <= summary["found"] <= 1 and 0 < summary["chance"] <= 0.5

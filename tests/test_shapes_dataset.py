@@ -16,6 +16,7 @@ from ip2p.cli import main
 from ip2p.errors import BadOptions
 from ip2p.shapes import make_example
 from ip2p.shapes.dataset import MakeOptions, make_dataset
+from ip2p.shapes.scene import KINDS
 
 
 def test_ip2p_format(tmp_path):
@@ -33,6 +34,22 @@ def test_ip2p_format(tmp_path):
     mask = np.asarray(Image.open(tmp_path / folder / prompt["mask"]))
     assert np.array_equal(before, ex.before) and np.array_equal(after, ex.after)
     assert np.array_equal(mask > 0, ex.mask)
+    _check_kind_map(Image.open(tmp_path / folder / prompt["kinds"]), ex)
+
+
+def _check_kind_map(image: Image.Image, ex) -> None:
+    """The kind map labels every pixel that shows only one object with that object's kind, and the
+    pixels no object touches with 0."""
+    from ip2p.shapes.render import render
+
+    labels = np.asarray(image)
+    assert image.mode == "L" and labels.shape == ex.before.shape[:2]
+    rendering = render(ex.scene, ex.size)
+    for shape in ex.scene.objects:
+        core = rendering.core(shape.id)
+        assert core.any() and (labels[core] == 1 + KINDS.index(shape.kind)).all()
+    untouched = sum(rendering.visible.values()) == 0
+    assert untouched.any() and (labels[untouched] == 0).all()
 
 
 def test_jsonl_format(tmp_path):
@@ -46,6 +63,7 @@ def test_jsonl_format(tmp_path):
     ex = make_example(rec["seed"], 96, split="test")
     assert rec["split"] == "test" and rec["edit_prompt"] == ex.instruction
     assert np.array_equal(np.asarray(Image.open(tmp_path / rec["edited_image"])), ex.after)
+    _check_kind_map(Image.open(tmp_path / rec["kind_map_image"]), ex)
 
 
 def test_hf_format_loads_with_datasets(tmp_path):
@@ -61,6 +79,7 @@ def test_hf_format_loads_with_datasets(tmp_path):
     assert isinstance(row["input_image"], Image.Image)
     assert np.array_equal(np.asarray(row["edited_image"]), ex.after)
     assert np.array_equal(np.asarray(row["mask_image"]) > 0, ex.mask)
+    _check_kind_map(row["kind_map_image"], ex)
 
 
 def test_bad_options_and_mismatched_resume(tmp_path):
@@ -115,7 +134,7 @@ def test_killed_run_resumes_without_redoing_or_duplicating(tmp_path):
     assert all((out / ".shards" / name).stat().st_mtime_ns == t for name, t in done.items())
     lines = [json.loads(x) for x in (out / "metadata.jsonl").read_text().splitlines()]
     assert sorted(r["seed"] for r in lines) == list(range(400))
-    assert len(list((out / "images").glob("*.png"))) == 3 * 400
+    assert len(list((out / "images").glob("*.png"))) == 4 * 400  # input, edited, mask, kind map
     assert not list(out.rglob("*.tmp"))
 
 

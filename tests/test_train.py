@@ -176,6 +176,19 @@ def test_same_crop_and_flip_on_both_images(tmp_path):
         x, y = augment_pair(a, a.copy(), cfg, seed)
         assert x.size == (16, 16) and x.tobytes() == y.tobytes()  # ... and is identical on both images
         assert augment_pair(a, a.copy(), cfg, seed)[0].tobytes() == x.tobytes()  # deterministic
+    # a kind map takes the same crop and flip (exactly: no resize here) ...
+    strip = Image.fromarray(np.asarray(a)[:16])  # short side 16: no resize, a crop along the width
+    labels = Image.fromarray(np.asarray(strip)[..., 0])
+    cfg = DataConfig(resolution=16, random_crop=True, flip=True)
+    for seed in range(8):
+        x, _, y = augment_pair(strip, strip.copy(), cfg, seed, labels)
+        assert np.array_equal(np.asarray(x)[..., 0], np.asarray(y))
+    # ... and a resize by nearest neighbour, which never makes a class that was not there
+    cfg = DataConfig(resolution=16, resize_max=20, random_crop=True, flip=True)
+    few = Image.fromarray((np.asarray(a)[..., 0] // 64).astype(np.uint8))
+    for seed in range(8):
+        _, _, y = augment_pair(a, a.copy(), cfg, seed, few)
+        assert y.size == (16, 16) and set(np.unique(np.asarray(y))) <= {0, 1, 2, 3}
 
 
 def test_bad_samples_are_skipped_with_warning(tmp_path, t2i_dir):

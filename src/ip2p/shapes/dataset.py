@@ -10,11 +10,15 @@ Formats (images are PNG, lossless, so targets stay exact; the trainer accepts PN
 
 * ``ip2p``: the original InstructPix2Pix layout, ``seeds.json`` = ``[[folder, [seed]], ...]`` and
   ``<folder>/prompt.json`` (``caption``, ``output``, ``edit`` plus ``kind``, ``template_id``, ...),
-  ``<folder>/<seed>_0.png`` (input), ``<seed>_1.png`` (edited), ``<seed>_mask.png``.
+  ``<folder>/<seed>_0.png`` (input), ``<seed>_1.png`` (edited), ``<seed>_mask.png``,
+  ``<seed>_kinds.png`` (``prompt.json`` ``kinds``).
 * ``jsonl``: ``metadata.jsonl`` lines with ``input_image``, ``edit_prompt``, ``edited_image``,
-  ``mask_image`` (paths under ``images/``), ``kind``, ``caption``, ``output_caption``, ...
+  ``mask_image``, ``kind_map_image`` (paths under ``images/``), ``kind``, ``caption``, ...
 * ``hf``: ``data/<split>-NNNNN-of-MMMMM.parquet`` with image columns as ``{"bytes", "path"}``
   structs and Hugging Face feature metadata, for ``datasets.load_dataset("parquet", ...)``.
+
+The kind map is a grey-level PNG of the input: 0 where the background shows, ``1 + KINDS.index(kind)``
+where a shape does (:func:`render.kind_map`), the dense label ``optim.kind_weight`` trains against.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from PIL import Image
 from ..errors import BadOptions
 from ..files import write_atomic  # temporary files are .{name}.*.tmp, which _sweep removes
 from .edits import REFERENCE_MIXES, SPLITS, TEST_SEED_OFFSET, check_kinds, make_example
-from .render import check_size
+from .render import check_size, kind_map
 
 FORMATS = ("ip2p", "jsonl", "hf")
 CONFIG_NAME = "shapes.json"
@@ -129,21 +133,24 @@ def _write_shard(args: tuple[MakeOptions, int]) -> int:
     for seed in range(first, last):
         ex = make_example(seed, opts.size, opts.kinds, opts.split, reference_mix=opts.references)
         before, after, mask = (png_bytes(im) for im in ex.images())
+        kinds = png_bytes(Image.fromarray(kind_map(ex.scene, opts.size), mode="L"))
         meta = ex.record()
         name = f"{seed:08d}"
         if opts.format == "ip2p":
             folder = out / name
             folder.mkdir(exist_ok=True)
-            for suffix, data in (("0", before), ("1", after), ("mask", mask)):
+            for suffix, data in (("0", before), ("1", after), ("mask", mask), ("kinds", kinds)):
                 _write(folder / f"{seed}_{suffix}.png", data)
             prompt = {"caption": ex.caption, "output": ex.output_caption, "edit": ex.instruction}
             prompt.update({k: meta[k] for k in ("kind", "template_id", "held_out", "split", "seed", "size")})
-            prompt["mask"] = f"{seed}_mask.png"
+            prompt["mask"], prompt["kinds"] = f"{seed}_mask.png", f"{seed}_kinds.png"
             _write(folder / "prompt.json", json.dumps(prompt).encode())
             records.append([name, [seed]])
         elif opts.format == "jsonl":
             paths = {}
-            for key, suffix, data in (("input_image", "0", before), ("edited_image", "1", after), ("mask_image", "mask", mask)):
+            files = (("input_image", "0", before), ("edited_image", "1", after), ("mask_image", "mask", mask),
+                     ("kind_map_image", "kinds", kinds))
+            for key, suffix, data in files:
                 paths[key] = f"images/{name}_{suffix}.png"
                 _write(out / paths[key], data)
             records.append(_flat_record(meta, ex.caption, ex.output_caption) | paths)
@@ -154,6 +161,7 @@ def _write_shard(args: tuple[MakeOptions, int]) -> int:
                     "input_image": {"bytes": before, "path": f"{name}_0.png"},
                     "edited_image": {"bytes": after, "path": f"{name}_1.png"},
                     "mask_image": {"bytes": mask, "path": f"{name}_mask.png"},
+                    "kind_map_image": {"bytes": kinds, "path": f"{name}_kinds.png"},
                 }
             )
     marker = _marker(opts, out, shard)
@@ -178,7 +186,7 @@ def _flat_record(meta: dict[str, Any], caption: str, output_caption: str) -> dic
     }
 
 
-_IMAGE_COLUMNS = ("input_image", "edited_image", "mask_image")
+_IMAGE_COLUMNS = ("input_image", "edited_image", "mask_image", "kind_map_image")
 _STRING_COLUMNS = ("edit_prompt", "kind", "caption", "output_caption", "template_id", "split", "target")
 
 

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from ..errors import BadOptions
 from .color import COLORS
-from .scene import EXTENT, Background, Scene, Shape, background_shades, outline
+from .scene import EXTENT, KINDS, Background, Scene, Shape, background_shades, outline
 
 MIN_SIZE, MAX_SIZE = 64, 512
 
@@ -138,6 +138,21 @@ def render(scene: Scene, size: int) -> Rendering:
         remaining[y0 : y0 + h, x0 : x0 + w] *= 1 - alpha
         visible[object_id] = vis
     return Rendering(np.rint(np.clip(image, 0, 255)).astype(np.uint8), visible)
+
+
+def kind_map(scene: Scene, size: int) -> np.ndarray:
+    """(H, W) uint8: 0 where the background shows most, else 1 + ``KINDS.index`` of the shape that does.
+
+    A dense label of what each pixel shows, so a trainer can ask the features for shape itself (the
+    denoising loss asks only through the few pixels an edit changes).
+    """
+    visible = render(scene, size).visible
+    shares = [1.0 - sum(visible.values(), np.zeros((size, size), dtype=np.float32))]
+    labels = [0]
+    for shape in scene.objects:
+        shares.append(visible[shape.id])
+        labels.append(1 + KINDS.index(shape.kind))
+    return np.asarray(labels, dtype=np.uint8)[np.argmax(np.stack(shares), axis=0)]
 
 
 def full_coverage(shape: Shape, size: int) -> np.ndarray:

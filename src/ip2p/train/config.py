@@ -147,6 +147,14 @@ class OptimConfig:
     # trains with the UNet and is left out of the exported model. 0 = off.
     grounding_weight: float = 0.0
     grounding_layer: str = "up_blocks.1"
+    # An auxiliary loss that makes the features say what shape each pixel shows: a 1x1 convolution on
+    # each module of `kind_layers` predicts the data set's kind map (the shapes world writes one: 0 the
+    # background, 1 + the kind's index a shape), with cross-entropy against the map's share of each
+    # class in a cell, on the samples that keep the image, weighted by kind_weight. The default layers
+    # feed the first cross-attention of the 16x16 and the 8x8 level, whose queries must carry the shape
+    # for "the circle" to find the circle. Left out of the exported model. 0 = off.
+    kind_weight: float = 0.0
+    kind_layers: list[str] = field(default_factory=lambda: ["down_blocks.0.resnets.0", "down_blocks.1.resnets.0"])
 
 
 @dataclass
@@ -242,6 +250,9 @@ class TrainConfig:
                 raise BadOptions("optim.snr_gamma weights the x0 loss: it needs model.prediction_type sample")
         if not 0 < o.final_lr_ratio <= 1:
             raise BadOptions(f"optim.final_lr_ratio must be in (0, 1], got {o.final_lr_ratio}")
+        _positive("optim.kind_weight", o.kind_weight, zero_ok=True)
+        if o.kind_weight and (not o.kind_layers or not all(isinstance(n, str) and n for n in o.kind_layers)):
+            raise BadOptions(f"optim.kind_layers must list UNet modules, e.g. [down_blocks.0.resnets.0]; got {o.kind_layers}")
         for key in ("edit_weight", "grounding_weight"):  # a base's autoencoder is checked at load
             _positive(f"optim.{key}", getattr(o, key), zero_ok=True)
             if getattr(o, key) and m.start == "scratch" and m.autoencoder != "pixel_unshuffle":

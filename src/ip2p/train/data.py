@@ -8,7 +8,11 @@
 * ``jsonl``: ``metadata.jsonl`` whose rows name the two images (paths relative to the file) and
   the instruction, beside an image folder.
 
-Every sample gets the same random resize, crop and flip on both images, drawn from a seed that
+A source may also name a *kind map* per sample (``prompt.json`` ``kinds``, a ``kind_map_image``
+column): a grey-level label image of what each input pixel shows, which ``optim.kind_weight``
+trains against (the shapes world writes one).
+
+Every sample gets the same random resize, crop and flip on both images (and the kind map), drawn from a seed that
 depends only on (run seed, epoch, index), so a resumed run sees exactly the same pixels. A sample
 that cannot be read comes back as a ``bad`` marker instead of raising: the loop counts it, warns
 once and carries on.
@@ -30,15 +34,18 @@ from ..errors import BadData, BadImage, first_line
 from .config import DataConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+KIND_MAP_COLUMN = "kind_map_image"  # the jsonl / hf column of a sample's kind map (ip2p.shapes.dataset)
 
 
 @dataclass
 class Record:
-    """One sample before decoding: two image references (path, bytes or PIL) and the instruction."""
+    """One sample before decoding: two image references (path, bytes or PIL), the instruction and,
+    where the source has one, a kind map reference."""
 
     input: Any
     edited: Any
     instruction: str
+    kind_map: Any = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,7 +80,7 @@ class Ip2pFolderSource(EditPairSource):
             raise BadData(f"{root}/seeds.json is unreadable: {exc}") from None
         if not isinstance(seeds, list):
             raise BadData(f"{root}/seeds.json must be a list of [folder, [seeds]]")
-        self.items: list[tuple[Path, int, str]] = []
+        self.items: list[tuple[Path, int, str, str | None]] = []
         for entry in seeds:
             if not (isinstance(entry, list | tuple) and len(entry) == 2 and isinstance(entry[1], list)):
                 self.bad_at_index.append(f"seeds.json entry {str(entry)[:60]} is not [folder, [seeds]]")
@@ -87,18 +94,20 @@ class Ip2pFolderSource(EditPairSource):
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 self.bad_at_index.append(f"{folder}/prompt.json: unreadable or no 'edit' field ({exc})")
                 continue
+            kinds = prompt.get("kinds") if isinstance(prompt.get("kinds"), str) else None
             for seed in entry[1]:
-                self.items.append((folder, seed, edit))
+                self.items.append((folder, seed, edit, kinds))
 
     def __len__(self) -> int:
         return len(self.items)
 
     def record(self, index: int) -> Record:
-        folder, seed, edit = self.items[index]
-        return Record(_find_image(folder, f"{seed}_0"), _find_image(folder, f"{seed}_1"), edit)
+        folder, seed, edit, kinds = self.items[index]
+        return Record(_find_image(folder, f"{seed}_0"), _find_image(folder, f"{seed}_1"), edit,
+                      folder / kinds if kinds else None)
 
     def instructions(self) -> list[str]:
-        return [edit for _, _, edit in self.items]
+        return [item[2] for item in self.items]
 
 
 def _find_image(folder: Path, stem: str) -> Path:
@@ -116,7 +125,7 @@ class JsonlSource(EditPairSource):
         super().__init__(cfg)
         self.root = path.parent
         cols = (cfg.input_column, cfg.instruction_column, cfg.edited_column)
-        self.rows: list[tuple[str, str, str]] = []
+        self.rows: list[tuple[str, str, str, str | None]] = []
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
@@ -132,14 +141,15 @@ class JsonlSource(EditPairSource):
             except (ValueError, KeyError, TypeError) as exc:
                 self.bad_at_index.append(f"{path.name} line {number}: not a row with {', '.join(cols)} ({exc})")
                 continue
-            self.rows.append(values)
+            kinds = row.get(KIND_MAP_COLUMN)
+            self.rows.append(values + (kinds if isinstance(kinds, str) else None,))
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def record(self, index: int) -> Record:
-        source, instruction, edited = self.rows[index]
-        return Record(self.root / source, self.root / edited, instruction)
+        source, instruction, edited, kinds = self.rows[index]
+        return Record(self.root / source, self.root / edited, instruction, self.root / kinds if kinds else None)
 
     def instructions(self) -> list[str]:
         return [row[1] for row in self.rows]
@@ -168,7 +178,7 @@ class HfSource(EditPairSource):
     def record(self, index: int) -> Record:
         row = self.dataset[index]
         cfg = self.cfg
-        return Record(row[cfg.input_column], row[cfg.edited_column], row[cfg.instruction_column])
+        return Record(row[cfg.input_column], row[cfg.edited_column], row[cfg.instruction_column], row.get(KIND_MAP_COLUMN))
 
     def instructions(self) -> list[str]:
         return [t if isinstance(t, str) else "" for t in self.dataset[self.cfg.instruction_column]]
@@ -266,14 +276,35 @@ def open_image(ref: Any) -> Image.Image:
         raise BadImage(f"{ref if isinstance(ref, str | Path) else 'image'}: unreadable ({exc})") from None
 
 
+def open_kind_map(ref: Any, size: tuple[int, int]) -> Image.Image:
+    """A sample's kind map as a grey-level image of the input's size, or :class:`BadImage` why not."""
+    if ref is None:
+        raise BadImage("no kind map")
+    try:
+        if isinstance(ref, dict):
+            import io
+
+            labels = Image.open(io.BytesIO(ref["bytes"])) if ref.get("bytes") else Image.open(ref["path"])
+        else:
+            labels = ref if isinstance(ref, Image.Image) else Image.open(ref)
+        labels.load()
+    except (OSError, ValueError, SyntaxError, KeyError) as exc:
+        raise BadImage(f"kind map: unreadable ({exc})") from None
+    if labels.mode != "L" or labels.size != size:
+        raise BadImage(f"kind map is {labels.mode} {labels.size[0]}x{labels.size[1]}, not L {size[0]}x{size[1]}")
+    return labels
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB image -> (3, H, W) float tensor in [-1, 1], as the VAE expects."""
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def augment_pair(source: Image.Image, edited: Image.Image, cfg: DataConfig, seed: int):
-    """The same resize, crop and flip on both images (paper: random crop + flip)."""
+def augment_pair(source: Image.Image, edited: Image.Image, cfg: DataConfig, seed: int,
+                 labels: Image.Image | None = None):
+    """The same resize, crop and flip on both images (paper: random crop + flip); with ``labels``
+    (a kind map) the same on it too, resized by nearest neighbour, and a triple comes back."""
     rng = np.random.default_rng(seed)
     if edited.size != source.size:
         edited = edited.resize(source.size, Image.Resampling.BICUBIC)
@@ -286,6 +317,8 @@ def augment_pair(source: Image.Image, edited: Image.Image, cfg: DataConfig, seed
     if size != source.size:
         source = source.resize(size, Image.Resampling.BICUBIC)
         edited = edited.resize(size, Image.Resampling.BICUBIC)
+    if labels is not None and labels.size != size:
+        labels = labels.resize(size, Image.Resampling.NEAREST)
     r = cfg.resolution
     if cfg.random_crop:
         left, top = int(rng.integers(0, size[0] - r + 1)), int(rng.integers(0, size[1] - r + 1))
@@ -293,18 +326,22 @@ def augment_pair(source: Image.Image, edited: Image.Image, cfg: DataConfig, seed
         left, top = (size[0] - r) // 2, (size[1] - r) // 2
     box = (left, top, left + r, top + r)
     source, edited = source.crop(box), edited.crop(box)
+    labels = labels.crop(box) if labels is not None else None
     if cfg.flip and rng.random() < 0.5:
         source = source.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         edited = edited.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return source, edited
+        labels = labels.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if labels is not None else None
+    return (source, edited) if labels is None else (source, edited, labels)
 
 
 class EditPairDataset(torch.utils.data.Dataset):
-    """Indexed by ``(index, augmentation seed)`` pairs that :class:`StreamSampler` yields."""
+    """Indexed by ``(index, augmentation seed)`` pairs that :class:`StreamSampler` yields; with
+    ``kind_maps`` every sample also carries its ``kind_map`` (H, W) class indices."""
 
-    def __init__(self, source: EditPairSource, cfg: DataConfig):
+    def __init__(self, source: EditPairSource, cfg: DataConfig, kind_maps: bool = False):
         self.source = source
         self.cfg = cfg
+        self.kind_maps = kind_maps
 
     def __len__(self) -> int:
         return len(self.source)
@@ -318,9 +355,13 @@ class EditPairDataset(torch.utils.data.Dataset):
         if not isinstance(record.instruction, str):
             raise BadData(f"sample {index}: instruction is not text")
         source, edited = open_image(record.input), open_image(record.edited)
-        source, edited = augment_pair(source, edited, self.cfg, aug_seed)
-        return {"index": index, "input": to_tensor(source), "edited": to_tensor(edited),
-                "text": record.instruction}
+        if not self.kind_maps:
+            source, edited = augment_pair(source, edited, self.cfg, aug_seed)
+            return {"index": index, "input": to_tensor(source), "edited": to_tensor(edited), "text": record.instruction}
+        labels = open_kind_map(record.kind_map, source.size)
+        source, edited, labels = augment_pair(source, edited, self.cfg, aug_seed, labels)
+        return {"index": index, "input": to_tensor(source), "edited": to_tensor(edited), "text": record.instruction,
+                "kind_map": torch.from_numpy(np.array(labels, dtype=np.uint8))}
 
     def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
         index, aug_seed = item
@@ -335,7 +376,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     good = [it for it in items if "bad" not in it]
     batch: dict[str, Any] = {"bad": [(it["index"], it["bad"]) for it in items if "bad" in it],
                              "index": [it["index"] for it in good], "text": [it["text"] for it in good]}
-    for key in ("input", "edited", "input_latent", "edited_mean", "edited_logvar"):
+    for key in ("input", "edited", "input_latent", "edited_mean", "edited_logvar", "kind_map"):
         if good and key in good[0]:
             batch[key] = torch.stack([it[key] for it in good])
     return batch

@@ -150,7 +150,10 @@ class _Trainer:
             self.bad_count += len(source.bad_at_index)
             self.emit("warning", message=f"{len(source.bad_at_index)} bad rows skipped while indexing the data set "
                                          f"(first: {source.bad_at_index[0]})")
-        dataset = EditPairDataset(source, cfg.data)
+        if cfg.optim.kind_weight and source.record(0).kind_map is None:
+            raise BadOptions(f"optim.kind_weight trains against kind maps, and data set {cfg.data.path!r} has none "
+                             "(`ip2p shapes make` writes them)")
+        dataset = EditPairDataset(source, cfg.data, kind_maps=bool(cfg.optim.kind_weight))
         validation = self._validation_samples(source, size)
 
         components = self._base_model(base_dir, source, dataset, size)
@@ -265,7 +268,8 @@ class _Trainer:
         path = self.out / "latents.pt"
         if self.resume and path.is_file():
             saved = torch.load(path, weights_only=True)
-            if saved.get("size") == size and saved.get("data") == str(self.cfg.data.path):
+            if (saved.get("size"), saved.get("data"), saved.get("kind_maps", False)) == (
+                    size, str(self.cfg.data.path), dataset.kind_maps):
                 return _Cached(saved["items"])
         acc = self.accelerator
         items: list[dict] = []
@@ -288,8 +292,11 @@ class _Trainer:
                                "edited_mean": means[k].clone()}
                 if not exact:
                     items[slot]["edited_logvar"] = logvars[k].clone()
+                if "kind_map" in item:
+                    items[slot]["kind_map"] = item["kind_map"]
         if acc.is_main_process:
-            ckpt.save_atomic({"size": size, "data": str(self.cfg.data.path), "items": items}, path)
+            ckpt.save_atomic({"size": size, "data": str(self.cfg.data.path), "kind_maps": dataset.kind_maps,
+                              "items": items}, path)
         return _Cached(items)
 
     # ---------------------------------------------------------------------------------------
@@ -301,26 +308,26 @@ class _Trainer:
                                              num_workers=cfg.data.num_workers,
                                              persistent_workers=cfg.data.num_workers > 0)
         batches = iter(loader)
-        logger = _Logger(self.out, s.step, acc.is_main_process, r.tensorboard, self.emit,
-                         grounding=bool(o.grounding_weight))
+        heads = tuple(name for name in ("grounding", "kind") if getattr(o, f"{name}_weight"))
+        logger = _Logger(self.out, s.step, acc.is_main_process, r.tensorboard, self.emit, heads)
         losses: list[float] = []
         start_step, t0, samples = s.step, time.perf_counter(), 0
         self.emit("stage", stage="unet", step=s.step, total=r.max_steps, message="training the denoiser")
         try:
             while s.step < r.max_steps:
                 total = torch.zeros((), device=acc.device)
-                grounding_total = torch.zeros((), device=acc.device)  # the head's share (optim.grounding_weight)
+                head_totals = {name: torch.zeros((), device=acc.device) for name in heads}  # unweighted head losses
                 for micro in range(o.grad_accum):
                     batch = self._next_batch(batches)
                     samples += len(batch["index"]) * acc.num_processes
                     sync = contextlib.nullcontext() if micro == o.grad_accum - 1 else acc.no_sync(s.model)
                     with sync:
                         with acc.autocast():
-                            loss, grounding = self._loss(batch)
+                            loss, head_losses = self._loss(batch)
                         acc.backward(loss / o.grad_accum)
                     total += loss.detach() / o.grad_accum
-                    if grounding is not None:
-                        grounding_total += grounding.detach() / o.grad_accum
+                    for name, value in head_losses.items():
+                        head_totals[name] += value.detach() / o.grad_accum
                 if o.max_grad_norm:
                     acc.clip_grad_norm_(s.params, o.max_grad_norm)
                 s.optimizer.step()
@@ -330,11 +337,11 @@ class _Trainer:
                 s.ema.update(trainable_state(s.denoiser), s.step)
                 value = acc.reduce(total, "mean").item()
                 losses.append(value)
-                grounding = acc.reduce(grounding_total, "mean").item() if o.grounding_weight else None
+                head_means = {name: acc.reduce(t, "mean").item() for name, t in head_totals.items()}
                 lr = s.schedule.get_last_lr()[0]
                 elapsed = time.perf_counter() - t0
                 logger.add(s.step, value, lr, samples / max(elapsed, 1e-9), sampler.epoch_of(s.position), r.log_every,
-                           grounding)
+                           head_means)
                 self.emit("step", step=s.step, total=r.max_steps, loss=value, lr=lr)
                 if r.checkpoint_every and s.step % r.checkpoint_every == 0:
                     self._checkpoint()
@@ -371,7 +378,8 @@ class _Trainer:
             if batch["index"]:
                 return batch
 
-    def _loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted training loss, and each auxiliary head's own (unweighted) loss by name."""
         s, o = self.state, self.cfg.optim
         gen, vae, scheduler = s.generator, s.components.vae, s.noise_scheduler
         device = self.accelerator.device
@@ -424,10 +432,13 @@ class _Trainer:
             ids = torch.where(drop_text[:, None], s.empty_ids.expand_as(ids), ids).to(device)
             image_latents = image_latents * (~drop_image).to(device, image_latents.dtype)[:, None, None, None]
         pred = s.model(noisy, image_latents, timesteps, ids, tok.pad_token_id)
-        grounding = None
-        if o.grounding_weight:
-            pred, where = pred
-            grounding = self._grounding_loss(where, changed, ~(drop_text | drop_image))
+        head_losses: dict[str, torch.Tensor] = {}
+        if isinstance(pred, tuple):
+            pred, logits = pred
+            if o.grounding_weight:
+                head_losses["grounding"] = self._grounding_loss(logits.where, changed, ~(drop_text | drop_image))
+            if o.kind_weight:
+                head_losses["kind"] = self._kind_loss(logits.kinds, batch["kind_map"], ~drop_image)
         if weight is None and not o.edit_weight:
             loss = F.mse_loss(pred.float(), target.float())
         else:
@@ -436,9 +447,9 @@ class _Trainer:
                 error = error * (1 + o.edit_weight * changed.float())
             per_sample = error.mean(dim=(1, 2, 3))
             loss = (per_sample if weight is None else weight * per_sample).mean()
-        if grounding is None:
-            return loss, None
-        return loss + o.grounding_weight * grounding, grounding
+        for name, value in head_losses.items():
+            loss = loss + getattr(o, f"{name}_weight") * value
+        return loss, head_losses
 
     @staticmethod
     def _grounding_loss(logits: torch.Tensor, changed: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -451,6 +462,22 @@ class _Trainer:
         per_sample = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").mean(dim=(1, 2, 3))
         keep = keep.to(per_sample.device, per_sample.dtype)
         return (per_sample * keep).sum() / keep.sum().clamp(min=1)
+
+    @staticmethod
+    def _kind_loss(logits: list[torch.Tensor], kind_map: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of each kind head against the share of each class in its cells, averaged.
+
+        ``kind_map`` is (B, H, W) class indices at image resolution; a head's cell covers a block of
+        pixels, so its target is that block's class histogram. Samples without the image don't count.
+        """
+        onehot = F.one_hot(kind_map.long(), logits[0].shape[1]).permute(0, 3, 1, 2).float()
+        keep = keep.to(logits[0].device, torch.float32)
+        total = torch.zeros((), device=logits[0].device)
+        for head in logits:
+            target = F.adaptive_avg_pool2d(onehot, head.shape[-2:]).to(head.device)
+            per_sample = F.cross_entropy(head.float(), target, reduction="none").mean(dim=(1, 2))
+            total = total + (per_sample * keep).sum() / keep.sum().clamp(min=1)
+        return total / len(logits)
 
     # ---------------------------------------------------------------------------------------
     def _checkpoint(self) -> None:
@@ -602,16 +629,17 @@ def _make_accelerator(cfg: TrainConfig):
 class _Logger:
     """Loss and LR to ``log.csv`` (always) and TensorBoard (when installed), main process only.
 
-    With a grounding head, a last column holds its cross-entropy (part of ``loss``, weighted).
+    Each auxiliary head (``grounding``, ``kind``) adds a column of its own, unweighted loss (``loss``
+    holds it weighted).
     """
 
     FIELDS = ("step", "loss", "lr", "samples_per_s", "epoch")
 
     def __init__(self, out: Path, step: int, enabled: bool, tensorboard: bool, emit: Callable,
-                 grounding: bool = False):
-        self.enabled, self.writer, self.pending, self.pending_grounding = enabled, None, [], []
-        self.grounding = grounding
-        self.fields = self.FIELDS + (("grounding",) if grounding else ())
+                 heads: tuple[str, ...] = ()):
+        self.enabled, self.writer, self.pending = enabled, None, []
+        self.heads, self.pending_heads = heads, {name: [] for name in heads}
+        self.fields = self.FIELDS + heads
         if not enabled:
             return
         self.path = out / "log.csv"
@@ -632,27 +660,26 @@ class _Logger:
                 emit("warning", message="tensorboard is not installed: logging to log.csv only")
 
     def add(self, step: int, loss: float, lr: float, rate: float, epoch: float, every: int,
-            grounding: float | None = None) -> None:
+            heads: dict[str, float] | None = None) -> None:
         if not self.enabled:
             return
         self.pending.append(loss)
-        if grounding is not None:
-            self.pending_grounding.append(grounding)
+        for name, value in (heads or {}).items():
+            self.pending_heads[name].append(value)
         if every and step % every:
             return
         mean = sum(self.pending) / len(self.pending)
         row = [step, f"{mean:.6g}", f"{lr:.6g}", f"{rate:.4g}", f"{epoch:.4f}"]
-        if self.grounding:
-            grounding_mean = sum(self.pending_grounding) / max(len(self.pending_grounding), 1)
-            row.append(f"{grounding_mean:.6g}")
-        self.pending, self.pending_grounding = [], []
+        head_means = {name: sum(v) / max(len(v), 1) for name, v in self.pending_heads.items()}
+        row += [f"{head_means[name]:.6g}" for name in self.heads]
+        self.pending, self.pending_heads = [], {name: [] for name in self.heads}
         with self.path.open("a", newline="") as handle:
             csv.writer(handle).writerow(row)
         if self.writer is not None:
             self.writer.add_scalar("train/loss", mean, step)
             self.writer.add_scalar("train/lr", lr, step)
-            if self.grounding:
-                self.writer.add_scalar("train/grounding", grounding_mean, step)
+            for name, value in head_means.items():
+                self.writer.add_scalar(f"train/{name}", value, step)
 
     def close(self) -> None:
         if self.writer is not None:

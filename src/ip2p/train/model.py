@@ -9,13 +9,18 @@ kept, so at step 0 the widened model is exactly the text-to-image model.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..components import Components
 from ..errors import BadModel, BadOptions
+from ..shapes.scene import KINDS
 from .config import TrainConfig
+
+#: Classes of a kind map: the background and every shape kind of the shapes world (render.kind_map).
+KIND_CLASSES = 1 + len(KINDS)
 
 # --------------------------------------------------------------------------------------------
 # widening
@@ -228,22 +233,23 @@ def build_scratch(cfg: TrainConfig, instructions: list[str]) -> Components:
 # the trained module
 
 
-class GroundingHead(nn.Module):
-    """Where the edit goes, read from one UNet module's output: a 1x1 convolution to one logit a pixel.
+class FeatureHead(nn.Module):
+    """A 1x1 convolution read off one UNet module's output, for an auxiliary loss on the features.
 
-    Trained against the latent pixels the edit changes (``optim.grounding_weight``), it asks the
-    features in the middle of the UNet to say which object the instruction names, a dense signal the
-    denoising loss gives only through the few pixels an object edit touches. Zero at the start, so
-    the first logits say "unsure" (0.5); not part of the exported model.
+    Two uses (docs/training.md): where the edit goes (``optim.grounding_weight``: one logit a pixel,
+    against the latent pixels the edit changes) and what each pixel shows (``optim.kind_weight``: one
+    logit a class, against the data set's kind map). Each asks the features in the middle of the UNet
+    for something the denoising loss asks only through the few pixels an object edit touches. Zero at
+    the start, so the first logits are uniform; not part of the exported model.
     """
 
-    def __init__(self, unet, layer: str):
+    def __init__(self, unet, layer: str, channels: int = 1, option: str = "optim.grounding_layer"):
         super().__init__()
         try:
             module = unet.get_submodule(layer)
         except AttributeError:
             known = ", ".join(name for name, _ in unet.named_children())
-            raise BadOptions(f"optim.grounding_layer {layer!r} is not a module of the UNet (top level: {known})") from None
+            raise BadOptions(f"{option} {layer!r} is not a module of the UNet (top level: {known})") from None
         object.__setattr__(self, "layer", module)  # a reference, not a submodule: the UNet owns its weights
         cfg = unet.config
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
@@ -252,8 +258,8 @@ class GroundingHead(nn.Module):
         with torch.no_grad(), self.capture() as found:
             unet(probe, torch.zeros(1, device=unet.device), text)
         if found[0].dim() != 4:
-            raise BadOptions(f"optim.grounding_layer {layer!r} gives no feature map (shape {tuple(found[0].shape)})")
-        self.proj = nn.Conv2d(found[0].shape[1], 1, 1)
+            raise BadOptions(f"{option} {layer!r} gives no feature map (shape {tuple(found[0].shape)})")
+        self.proj = nn.Conv2d(found[0].shape[1], channels, 1)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
@@ -276,20 +282,31 @@ class GroundingHead(nn.Module):
         return self.proj(features.to(self.proj.weight.dtype))
 
 
+@dataclass
+class HeadLogits:
+    """What the auxiliary heads read off one UNet call: ``where`` (B, 1, h, w) or None, ``kinds`` one
+    (B, classes, h, w) map per ``optim.kind_layers`` entry."""
+
+    where: torch.Tensor | None
+    kinds: list[torch.Tensor]
+
+
 class Denoiser(nn.Module):
     """UNet plus text encoder as one module, so data-parallel wrapping covers whatever trains.
 
     ``forward`` is the paper's conditional denoiser: e(z_t, t, E(c_I), c_T) with the image latent
-    concatenated to the noisy latent along channels. With a :class:`GroundingHead` it also returns
-    the head's logits of where the edit goes.
+    concatenated to the noisy latent along channels. With auxiliary heads it also returns their
+    :class:`HeadLogits`.
     """
 
-    def __init__(self, unet, text_encoder, train_text_encoder: bool, grounding: GroundingHead | None = None):
+    def __init__(self, unet, text_encoder, train_text_encoder: bool, grounding: FeatureHead | None = None,
+                 kind_heads: list[FeatureHead] | None = None):
         super().__init__()
         self.unet = unet
         self.text_encoder = text_encoder
         self.train_text_encoder = train_text_encoder
         self.grounding = grounding
+        self.kind_heads = nn.ModuleList(kind_heads or [])
 
     def encode_text(self, input_ids: torch.Tensor, pad_id: int | None = None) -> torch.Tensor:
         mask = None
@@ -299,14 +316,19 @@ class Denoiser(nn.Module):
             return self.text_encoder(input_ids, attention_mask=mask)[0]
 
     def forward(self, noisy: torch.Tensor, image_latents: torch.Tensor, timesteps: torch.Tensor,
-                input_ids: torch.Tensor, pad_id: int | None = None) -> torch.Tensor:
+                input_ids: torch.Tensor, pad_id: int | None = None):
         text = self.encode_text(input_ids, pad_id).to(noisy.dtype)
         x = torch.cat([noisy, image_latents], dim=1)
-        if self.grounding is None:
+        heads = ([self.grounding] if self.grounding is not None else []) + list(self.kind_heads)
+        if not heads:
             return self.unet(x, timesteps, text).sample
-        with self.grounding.capture() as found:
+        with contextlib.ExitStack() as stack:
+            found = [stack.enter_context(head.capture()) for head in heads]
             sample = self.unet(x, timesteps, text).sample
-        return sample, self.grounding(found[0])
+        logits = [head(f[0]) for head, f in zip(heads, found, strict=True)]
+        if self.grounding is None:
+            return sample, HeadLogits(None, logits)
+        return sample, HeadLogits(logits[0], logits[1:])
 
 
 def prepare_trainable(components: Components, cfg: TrainConfig) -> Denoiser:
@@ -325,8 +347,10 @@ def prepare_trainable(components: Components, cfg: TrainConfig) -> Denoiser:
         unet.enable_gradient_checkpointing()
         if cfg.trains_text_encoder:
             text_encoder.gradient_checkpointing_enable()
-    grounding = GroundingHead(unet, cfg.optim.grounding_layer) if cfg.optim.grounding_weight else None
-    return Denoiser(unet, text_encoder, cfg.trains_text_encoder, grounding)
+    o = cfg.optim
+    grounding = FeatureHead(unet, o.grounding_layer) if o.grounding_weight else None
+    kinds = [FeatureHead(unet, layer, KIND_CLASSES, "optim.kind_layers") for layer in o.kind_layers] if o.kind_weight else []
+    return Denoiser(unet, text_encoder, cfg.trains_text_encoder, grounding, kinds)
 
 
 def add_lora(unet, cfg: TrainConfig) -> None:
