@@ -20,6 +20,16 @@ from ip2p.train import TrainConfig, train
 torch.set_num_threads(1)
 
 
+def plain_unet():
+    """A tiny stock UNet2DConditionModel: not residual, so the grown stems refuse it."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(sample_size=8, in_channels=8, out_channels=4, block_out_channels=(32, 64),
+                                norm_num_groups=8, cross_attention_dim=32,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+
+
 def x0_config(run: Path, data: Path, **model) -> TrainConfig:
     return TrainConfig.from_mapping({
         "model": {"start": "scratch", "autoencoder": "pixel_unshuffle", "residual": True, "prediction_type": "sample",
@@ -231,6 +241,42 @@ def test_unknown_words_keep_content_words_and_resume_exactly():
     assert keep_word_set("Paint it") == {"paint", "it"}
 
 
+def test_unknown_word_count_adds_up_to_n_words_and_keeps_the_one_word_stream():
+    """data.unknown_word_count N: a chosen instruction gets 1..N made-up words, content words survive
+    in order, a second word never overwrites the first, and N = 1 draws exactly what it always drew."""
+    from ip2p.text import split_words
+    from ip2p.train.data import keep_word_set, with_unknown_words
+
+    keep = keep_word_set("shapes")
+    texts = ["make the red circle blue", "kindly recolour the star green", "remove the square"] * 40
+
+    def one_word_reference(seed):  # the draws data.unknown_words has taken since run 6
+        gen, out = torch.Generator().manual_seed(seed), []
+        for text in texts:
+            chance, how, where = torch.rand(3, generator=gen).tolist()
+            length = int(torch.randint(3, 9, (1,), generator=gen))
+            letters = torch.randint(0, 26, (8,), generator=gen).tolist()
+            word, words = "".join(chr(ord("a") + c) for c in letters[:length]), text.split()
+            free = [i for i, w in enumerate(words) if not set(split_words(w)) & keep]
+            if chance < 0.7:
+                if free and how < 0.5:
+                    words[free[int(where * len(free))]] = word
+                else:
+                    words.insert(int(where * (len(words) + 1)), word)
+            out.append(" ".join(words))
+        return out
+
+    assert with_unknown_words(texts, 0.7, keep, torch.Generator().manual_seed(5)) == one_word_reference(5)
+    two = with_unknown_words(texts, 1.0, keep, torch.Generator().manual_seed(5), count=2)
+    assert two == with_unknown_words(texts, 1.0, keep, torch.Generator().manual_seed(5), count=2)
+    made_up = []
+    for before, after in zip(texts, two, strict=True):
+        old, new = split_words(before), split_words(after)
+        assert [w for w in new if w in keep] == [w for w in old if w in keep]
+        made_up.append(len([w for w in new if w not in old]))
+    assert set(made_up) <= {1, 2} and 30 < made_up.count(2) < 90  # about half get a second word
+
+
 def test_unknown_words_train_and_are_checked(tmp_path):
     data = write_ip2p(tmp_path / "d", 4, size=16)
     cfg = x0_config(tmp_path / "run", data)
@@ -241,6 +287,11 @@ def test_unknown_words_train_and_are_checked(tmp_path):
         bad = x0_config(tmp_path / "r", data)
         bad.data.unknown_words = 1.5
         bad.check()
+    for count in (0, 1.5, True):
+        bad = x0_config(tmp_path / "r", data)
+        bad.data.unknown_word_count = count
+        with pytest.raises(BadOptions, match=f"data.unknown_word_count must be a positive integer, got {count!r}"):
+            bad.check()
 
 
 def test_training_continues_from_a_shipped_x0_model(x0_model, tmp_path):
@@ -280,6 +331,23 @@ def grown_config(x0_model: Path, tmp_path: Path, **model) -> TrainConfig:
 
 
 SETTINGS = dict(steps=4, seed=3, guidance_scale=3.0, image_guidance_scale=1.2)
+
+
+def assert_stock_agrees(folder: str, unet_class, editor=None):
+    """Stock diffusers, given the folder's UNet class and the exact autoencoder, edits as ip2p does."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    import ip2p
+
+    source, text = make_pair(2, 16)[0], "make the square red"
+    ours = (editor or ip2p.load_editor(folder, device="cpu")).edit(source, text, **SETTINGS)
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+        folder, vae=PixelUnshuffleAutoencoder.from_pretrained(folder, subfolder="vae"),
+        unet=unet_class.from_pretrained(folder, subfolder="unet"), safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(text, image=source, num_inference_steps=4, guidance_scale=3.0, image_guidance_scale=1.2,
+                  generator=torch.Generator().manual_seed(3), output_type="np").images[0]
+    assert np.abs(theirs * 255 - np.asarray(ours.image, float)).max() <= 1.0
 
 
 def assert_edits_alike(a: Path, b: Path):
@@ -417,7 +485,6 @@ def test_deepcache_forward_keeps_the_residual(x0_model):
 def test_image_stem_grows_exactly_trains_and_runs_in_every_path(x0_model, tmp_path):
     """model.image_stem on start ip2p: the grown UNet (ImageStemUNet2DConditionModel) edits pixel for
     pixel like the base at step 0, its stem trains and resumes, and stock diffusers and DeepCache run it."""
-    from diffusers import StableDiffusionInstructPix2PixPipeline
 
     import ip2p
     from ip2p.architectures import ImageStemUNet2DConditionModel
@@ -433,15 +500,7 @@ def test_image_stem_grows_exactly_trains_and_runs_in_every_path(x0_model, tmp_pa
     editor = ip2p.load_editor(folder, device="cpu")
     unet = editor.components.unet
     assert isinstance(unet, ImageStemUNet2DConditionModel) and unet.conv_in.stem[-1].weight.abs().sum() > 0
-    source, text = make_pair(2, 16)[0], "make the square red"
-    ours = editor.edit(source, text, **SETTINGS)
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-        folder, vae=PixelUnshuffleAutoencoder.from_pretrained(folder, subfolder="vae"),
-        unet=ImageStemUNet2DConditionModel.from_pretrained(folder, subfolder="unet"), safety_checker=None)
-    pipe.set_progress_bar_config(disable=True)
-    theirs = pipe(text, image=source, num_inference_steps=4, guidance_scale=3.0, image_guidance_scale=1.2,
-                  generator=torch.Generator().manual_seed(3), output_type="np").images[0]
-    assert np.abs(theirs * 255 - np.asarray(ours.image, float)).max() <= 1.0
+    assert_stock_agrees(folder, ImageStemUNet2DConditionModel, editor)
 
     gen = torch.Generator().manual_seed(0)
     sample = torch.randn(2, unet.config.in_channels, 8, 8, generator=gen)
@@ -457,7 +516,6 @@ def test_image_stem_grows_exactly_trains_and_runs_in_every_path(x0_model, tmp_pa
 
 
 def test_image_stem_from_scratch_and_its_errors(x0_model, tmp_path):
-    from diffusers import UNet2DConditionModel
 
     from ip2p.architectures import ImageStemUNet2DConditionModel
     from ip2p.train.model import add_image_stem
@@ -470,10 +528,7 @@ def test_image_stem_from_scratch_and_its_errors(x0_model, tmp_path):
         x0_config(tmp_path / "r2", data, image_stem=True, residual=False).check()
     with pytest.raises(BadOptions, match="model.image_stem must be true or false, got 'yes'"):
         x0_config(tmp_path / "r3", data, image_stem="yes").check()
-    plain = UNet2DConditionModel(sample_size=8, in_channels=8, out_channels=4, block_out_channels=(32, 64),
-                                 norm_num_groups=8, cross_attention_dim=32,
-                                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    plain = plain_unet()
     with pytest.raises(BadModel, match="model.image_stem needs a residual UNet over the exact autoencoder"):
         add_image_stem(plain)
     with pytest.raises(ValueError, match="an image stem needs 3 f\\^2 latent channels"):
@@ -562,9 +617,10 @@ def test_kind_heads_learn_the_kind_map_and_are_not_exported(tmp_path):
     assert not [k for k in unet if "kind_heads" in k or k.startswith("proj.")]
 
 
-def test_kind_map_reference_bounds_the_kind_loss(tmp_path):
-    """benchmarks/kind_map_reference.py, as a process: knowing where the objects are beats knowing
-    nothing, knowing their kinds too beats both; a folder without kind maps is one line."""
+def test_kind_map_reference_and_stem_probe(tmp_path):
+    """benchmarks/kind_map_reference.py and kind_stem_probe.py, as processes: knowing where the objects
+    are beats knowing nothing, knowing their kinds too beats both; the stem probe trains and scores;
+    a folder without kind maps is one line for both."""
     from ip2p.shapes.dataset import MakeOptions, make_dataset
 
     data = tmp_path / "shapes"
@@ -580,6 +636,17 @@ def test_kind_map_reference_bounds_the_kind_loss(tmp_path):
         assert ref["knows_nothing"] > ref["knows_where_not_kind"] > ref["knows_everything"] > 0
     pairs = write_ip2p(tmp_path / "d", 2, size=16)
     proc = subprocess.run([sys.executable, script, "--data", str(pairs), "--out", str(out)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0 and "has no kind maps" in proc.stderr and "Traceback" not in proc.stderr
+    # kind_stem_probe.py trains the first layers alone on the same maps: a curve, a test score, one line on bad data
+    stem = str(Path(__file__).parents[1] / "benchmarks" / "kind_stem_probe.py")
+    proc = subprocess.run([sys.executable, stem, "--data", str(data), "--steps", "10", "--batch", "4", "--test", "3",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert len(report["curve"]) == 10 and report["n"] == 6 and report["params"] > 0
+    assert report["test"]["objects"] > 0 and 0 <= report["test"]["kind_read"] <= 1 and report["test"]["cross_entropy"] > 0
+    proc = subprocess.run([sys.executable, stem, "--data", str(pairs), "--out", str(out)], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode != 0 and "has no kind maps" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -643,3 +710,56 @@ def test_grounding_probe_reads_the_head_back_from_a_checkpoint(tmp_path):
                            "--model", str(result.model_dir), "--checkpoint", str(tmp_path / "plain/checkpoints/step-0000001"),
                            "--n", "1", "--out", str(tmp_path / "p.json")], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "has no grounding head" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_kind_stem_pretrains_its_branch_freezes_it_and_runs_in_every_path(x0_model, tmp_path):
+    """model.kind_stem on start ip2p: the branch learns the kind maps alone first (its cross-entropy
+    falls), the grown step-0 model edits pixel for pixel like the base, the branch stays frozen while
+    the projection trains, a resume does not train the branch again, and stock diffusers agrees."""
+    from safetensors.torch import load_file
+
+    from ip2p.architectures import KindStemUNet2DConditionModel
+    from ip2p.shapes.dataset import MakeOptions, make_dataset
+
+    data = tmp_path / "shapes"
+    make_dataset(MakeOptions(out=str(data), n=4, size=64, format="ip2p", workers=1).check())
+    cfg = grown_config(x0_model, tmp_path, kind_stem=True, kind_stem_steps=30, kind_stem_examples=4)
+    cfg.data.path, cfg.data.resolution = str(data), 32
+    events = []
+    result = train(cfg.check(), export=True, callback=events.append)
+    curve = [e.loss for e in events if e.kind == "step" and e.stage == "kind-stem"]
+    assert len(curve) == 3 and curve[-1] < curve[0] - 0.3
+    assert any(e.stage == "kind-stem-done" and "cross-entropy" in e.message for e in events)
+    base = tmp_path / "run" / "base"
+    assert json.loads((base / "unet" / "config.json").read_text())["_class_name"] == "KindStemUNet2DConditionModel"
+    assert_edits_alike(x0_model, base)
+    step0, shipped = (load_file(next((d / "unet").glob("*.safetensors"))) for d in (base, result.model_dir))
+    assert int(step0["conv_in.kind_steps"]) == 30
+    branch = [k for k in step0 if k.startswith("conv_in.kinds.")]
+    assert branch and all(torch.equal(step0[k], shipped[k]) for k in branch)  # frozen
+    assert step0["conv_in.kind_proj.weight"].abs().sum() == 0 < shipped["conv_in.kind_proj.weight"].abs().sum()
+
+    assert_stock_agrees(str(result.model_dir), KindStemUNet2DConditionModel)
+
+    events.clear()
+    cfg.run.max_steps = 3
+    assert len(train(cfg, resume=True, export=False, callback=events.append).losses) == 1
+    assert not [e for e in events if e.stage.startswith("kind-stem")]
+
+
+def test_kind_stem_errors(x0_model, tmp_path):
+    from ip2p.train.model import add_kind_stem
+
+    cfg = grown_config(x0_model, tmp_path, kind_stem=True)  # write_ip2p data: no kind maps
+    with pytest.raises(BadOptions, match="model.kind_stem trains against kind maps, and data set .* has none"):
+        train(cfg.check(), export=False)
+    data = tmp_path / "d2"
+    with pytest.raises(BadOptions, match="model.kind_stem grows a residual UNet over the exact autoencoder"):
+        x0_config(tmp_path / "r2", data, kind_stem=True, residual=False).check()
+    with pytest.raises(BadOptions, match="model.kind_stem_steps must be > 0, got 0"):
+        x0_config(tmp_path / "r3", data, kind_stem=True, kind_stem_steps=0).check()
+    with pytest.raises(BadOptions, match="model.kind_stem must be true or false, got 1"):
+        x0_config(tmp_path / "r4", data, kind_stem=1).check()
+    plain = plain_unet()
+    with pytest.raises(BadModel, match="model.kind_stem needs a residual UNet over the exact autoencoder"):
+        add_kind_stem(plain)

@@ -213,6 +213,38 @@ def test_score_partial_and_off_target_edits():
         score_edit(ex, np.zeros((64, 64), np.uint8))
 
 
+def test_add_as_asked_judges_colour_kind_and_region_not_the_unsaid_spot():
+    """score_edit's as_asked for add_object: the named shape anywhere in the named region passes it
+    (while the target-IoU rule fails it away from the drawn spot); the wrong kind, the wrong region,
+    nothing added, or a spoiled rest fail it."""
+    from ip2p.shapes.phrasing import PLACES
+    from ip2p.shapes.scene import EXTENT, SIZES
+
+    checked = 0
+    for seed in range(40):
+        ex = make_example(seed, 64, kinds=["add_object"], split="test")
+        added = ex.edited_scene.get(ex.target["object_id"])
+        x0, y0, x1, y1 = PLACES[ex.target["place"]]
+        r = SIZES[added.size] * EXTENT + 0.01
+        corner = added.replace(x=max(x0, r), y=max(y0, r))  # a corner of where it may go, not the target's spot
+        moved = render(ex.edited_scene.swap(corner), 64).image
+        if score_edit(ex, moved)["success"] or not score_edit(ex, ex.after)["as_asked"]:
+            continue  # the corner is the drawn spot, or the target itself is covered by another shape
+        checked += 1
+        assert score_edit(ex, moved)["as_asked"]
+        assert not score_edit(ex, ex.before)["as_asked"]
+        other = "circle" if added.kind in ("star", "cross", "heart") else "cross"
+        assert not score_edit(ex, render(ex.edited_scene.swap(corner.replace(kind=other)), 64).image)["as_asked"]
+        away = corner.replace(x=1 - corner.x, y=1 - corner.y) if ex.target["place"] != "in the middle" else None
+        if away is not None and not (x0 <= away.x <= x1 and y0 <= away.y <= y1):
+            assert not score_edit(ex, render(ex.edited_scene.swap(away), 64).image)["as_asked"]
+        spoiled = moved.copy()
+        spoiled[~ex.mask] = 255 - spoiled[~ex.mask]
+        assert not score_edit(ex, spoiled)["as_asked"]
+        assert "as_asked" not in score_edit(make_example(seed, 64, kinds=["remove_object"], split="test"), ex.before)
+    assert checked >= 10
+
+
 def test_counting_scores_count_blobs():
     ex = make_example(5, 64, kinds=["count_add"], split="test")
     color = ex.target["color"]

@@ -131,3 +131,24 @@ def test_a_stopped_benchmark_resumes_without_editing_again(tmp_path):
     assert (out / "grid.png").read_bytes() == (tmp_path / "fresh" / "grid.png").read_bytes()
     with pytest.raises(BadOptions, match="holds another benchmark run"):
         run_benchmark(Oracle("identity").prepare(n, 64), n=n, size=64, seed=1, out_dir=out)
+
+
+def test_add_object_ceiling_script(tmp_path):
+    """benchmarks/add_object_ceiling.py, as a process: the exact target passes the add rule, an editor
+    right about everything the instruction says (kind, colour, region, even the size) mostly fails it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = str(Path(__file__).parents[1] / "benchmarks" / "add_object_ceiling.py")
+    out = tmp_path / "ceiling.json"
+    proc = subprocess.run([sys.executable, script, "--n", "80", "--out", str(out)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["examples"] == 10 and report["success"]["target"] == 1.0
+    assert report["success"]["true_size_region_centre"] <= 0.5
+    assert all(report["success"][f"{s}_region_centre"] <= 0.5 for s in ("small", "medium", "large"))
+    proc = subprocess.run([sys.executable, script, "--kinds", "invert", "--out", str(out)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode != 0 and "--kinds must include add_object" in proc.stderr and "Traceback" not in proc.stderr

@@ -94,6 +94,30 @@ def test_bad_options_and_mismatched_resume(tmp_path):
         make_dataset(MakeOptions(out=str(tmp_path / "b"), n=3, workers=1, references="type"))
 
 
+def test_target_first_phrasings_name_the_colour_first_in_training_only(tmp_path, capsys):
+    """--phrasings target-first: some recolour instructions name the new colour before what takes it;
+    the test split (the benchmark) and the default keep the stock phrasings, example for example."""
+    kinds = ["recolor_object", "recolor_background"]
+    stock = [make_example(s, 64, kinds=kinds) for s in range(80)]
+    first = [make_example(s, 64, kinds=kinds, phrasings="target-first") for s in range(80)]
+    added = [e for e in first if "/f" in e.template_id]
+    assert 8 <= len(added) <= 40 and not any("/f" in e.template_id for e in stock)
+    for e in added:  # the colour, then "the background" or the object's phrase ("the red one", ...)
+        assert e.instruction.index(e.target["color"]) < e.instruction.rindex("the ")
+    assert [(a.kind, a.scene) for a in stock] == [(b.kind, b.scene) for b in first]  # only the wording moves
+    with pytest.raises(BadOptions, match="training examples only"):
+        make_example(0, 64, split="test", phrasings="target-first")
+    make_dataset(MakeOptions(out=str(tmp_path / "d"), n=6, workers=1, kinds=tuple(kinds), phrasings="target-first"))
+    prompts = [json.loads((tmp_path / "d" / f"{s:08d}" / "prompt.json").read_text()) for s in range(6)]
+    assert [p["edit"] for p in prompts] == [first[s].instruction for s in range(6)]
+    with pytest.raises(BadOptions, match="phrasings"):  # not the folder's phrasings
+        make_dataset(MakeOptions(out=str(tmp_path / "d"), n=6, workers=1, kinds=tuple(kinds)))
+    code = main(["shapes", "make", "--n", "2", "--out", str(tmp_path / "t"), "--split", "test",
+                 "--phrasings", "target-first"])
+    err = capsys.readouterr().err
+    assert code != 0 and "--phrasings target-first is for --split train only" in err and "Traceback" not in err
+
+
 def test_reference_mix_type_draws_object_phrases_by_form(tmp_path):
     """--references type: each form an object admits is equally likely, so the bare kind ("the circle")
     and kind-plus-colour phrases come up more often than among all phrases, where colour forms dominate."""

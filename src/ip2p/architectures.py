@@ -1,4 +1,4 @@
-"""Two model classes stock diffusers lacks, used by the bundled demo model.
+"""Model classes stock diffusers lacks, used by the bundled demo model.
 
 * :class:`PixelUnshuffleAutoencoder`: an exact autoencoder. Space-to-depth with factor f turns
   3 x H x W pixels into 3f^2 x H/f x W/f latents and back with no error, so the preservation
@@ -16,8 +16,11 @@
   must be learnt once for every offset inside a patch; the stem's pixel convolutions learn it once.
   A linear probe of run 13's demo UNet read colour from its 16x16 features at 100 % and an object's
   kind at 14-33 % (chance 17 %; docs/demo-model.md), and shape words are what it failed to ground.
+* :class:`KindStemUNet2DConditionModel`: the image-stem UNet whose ``conv_in`` also adds a frozen
+  :class:`KindBranch`, trained before the UNet on kind maps, that says what shape each latent pixel
+  shows, so the cross-attention's queries can match "the circle" (run 18).
 
-Both are diffusers ``ModelMixin``/``ConfigMixin`` classes: ``save_pretrained``/``from_pretrained``
+All are diffusers ``ModelMixin``/``ConfigMixin`` classes: ``save_pretrained``/``from_pretrained``
 work on their folders, and stock diffusers runs a model made of them when they are passed in::
 
     from diffusers import StableDiffusionInstructPix2PixPipeline
@@ -39,6 +42,8 @@ from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+
+from .shapes.scene import KINDS
 
 
 class ExactLatent:
@@ -139,10 +144,67 @@ class ImageStemConv(nn.Conv2d):
         nn.init.zeros_(self.stem[-1].weight)
         nn.init.zeros_(self.stem[-1].bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """The input image's pixels, from the image-latent half of the UNet's input."""
         c = self.latent_channels
-        pixels = F.pixel_shuffle(x[:, c:2 * c], self.factor)
-        return super().forward(x) + self.stem(pixels)
+        return F.pixel_shuffle(x[:, c:2 * c], self.factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + self.stem(self.pixels(x))
+
+
+#: Classes of the kind branch: the background and each kind of the shapes world (shapes.render.kind_map).
+KIND_CLASSES = 1 + len(KINDS)
+
+
+class KindBranch(nn.Module):
+    """Pixels -> (features, class logits) at 1/f resolution: what each latent pixel shows.
+
+    The layers of ``benchmarks/kind_stem_probe.py``: 3x3 convolutions at full resolution, a stride-2
+    one per halving, four more at the latent's, then a 1x1 classifier. Trained alone on kind maps it
+    reads an object's kind right 96.7 % of the time after 192,000 samples (docs/demo-model.md, run 17),
+    while the same layers inside the UNet, pulled by the denoising loss too, stayed at chance.
+    """
+
+    def __init__(self, factor: int, width: int = 32, classes: int = KIND_CLASSES):
+        super().__init__()
+        first = min(width, 16)
+        layers: list[nn.Module] = [nn.Conv2d(3, first, 3, padding=1), nn.SiLU()]
+        channels = first
+        for _ in range(int(math.log2(factor))):
+            layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.SiLU()]
+            channels = width
+        for _ in range(4):
+            layers += [nn.Conv2d(width, width, 3, padding=1), nn.SiLU()]
+        self.body = nn.Sequential(*layers)
+        self.classify = nn.Conv2d(width, classes, 1)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(pixels)
+        return features, self.classify(features)
+
+
+class KindStemConv(ImageStemConv):
+    """An :class:`ImageStemConv` that also adds a :class:`KindBranch`'s features and class shares.
+
+    The branch is trained before the UNet, alone, on kind maps (``model.kind_stem``) and then frozen;
+    its output enters through a 1x1 projection that starts at zero, so the grown UNet first computes
+    exactly what it did without it. ``kind_steps`` records how many steps the branch was trained.
+    """
+
+    def __init__(self, *args, width: int = 32, classes: int = KIND_CLASSES, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kinds = KindBranch(self.factor, width, classes)
+        self.kind_proj = nn.Conv2d(width + classes, self.out_channels, 1)
+        nn.init.zeros_(self.kind_proj.weight)
+        nn.init.zeros_(self.kind_proj.bias)
+        self.register_buffer("kind_steps", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = self.pixels(x)
+        features, logits = self.kinds(pixels)
+        prior = self.kind_proj(torch.cat([features, logits.softmax(dim=1)], dim=1))
+        return nn.Conv2d.forward(self, x) + self.stem(pixels) + prior
 
 
 class ImageStemUNet2DConditionModel(ResidualUNet2DConditionModel):
@@ -152,6 +214,8 @@ class ImageStemUNet2DConditionModel(ResidualUNet2DConditionModel):
     exact autoencoder of factor f), so stock diffusers loads the folder with this class passed in.
     """
 
+    stem_class = ImageStemConv
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         old, c = self.conv_in, self.config.out_channels
@@ -159,14 +223,22 @@ class ImageStemUNet2DConditionModel(ResidualUNet2DConditionModel):
         if 3 * factor * factor != c or 2 * c != self.config.in_channels:
             raise ValueError(f"an image stem needs 3 f^2 latent channels in and out (exact autoencoder), "
                              f"got in {self.config.in_channels}, out {c}")
-        self.conv_in = ImageStemConv(old.in_channels, old.out_channels, old.kernel_size[0], old.padding[0], c, factor)
+        self.conv_in = self.stem_class(old.in_channels, old.out_channels, old.kernel_size[0], old.padding[0], c, factor)
         self.conv_in.load_state_dict(old.state_dict(), strict=False)
 
     # diffusers reads a model's config keys off its __init__ signature: this class takes the UNet's
     __init__.__wrapped__ = UNet2DConditionModel.__init__
 
 
+class KindStemUNet2DConditionModel(ImageStemUNet2DConditionModel):
+    """An image-stem UNet whose ``conv_in`` is a :class:`KindStemConv`: a frozen branch that knows
+    what shape each latent pixel shows feeds the features the cross-attention queries are made of,
+    so "the circle" has something to match (docs/demo-model.md, run 18)."""
+
+    stem_class = KindStemConv
+
+
 #: The classes a model folder's configs may name (``_class_name``), by name.
 UNET_CLASSES = {cls.__name__: cls for cls in (UNet2DConditionModel, ResidualUNet2DConditionModel,
-                                               ImageStemUNet2DConditionModel)}
+                                               ImageStemUNet2DConditionModel, KindStemUNet2DConditionModel)}
 VAE_CLASSES = {cls.__name__: cls for cls in (AutoencoderKL, PixelUnshuffleAutoencoder)}

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import BadImage, BadOptions, Cancelled, Ip2pError
+from .files import write_atomic
 from .options import BY_NAME, MASK_OPTIONS, OPTIONS, SCHEDULERS, EditOptions
 
 DEFAULT_PORT = 7860
@@ -886,6 +887,32 @@ def _wire_grid(gr, h: _Handlers, ui):
                 show_progress_on=[g.image], concurrency_id=EDITOR_QUEUE)
 
 
+def cache_shown_images_atomically() -> None:
+    """Gradio caches each picture it shows as ``<cache>/<hash of its bytes>/image.<format>`` and
+    rewrites that file in place whenever the same picture is shown again ("again", "undo", the
+    history show the same pictures twice): a browser fetching it meanwhile gets fewer bytes than the
+    Content-Length it was promised (a broken image, and h11's ``LocalProtocolError`` traceback on the
+    terminal). The path names its content, so a file already there is right and is kept (touched, for
+    ``delete_cache``); a new one is written under a temporary name and renamed into place."""
+    from gradio import processing_utils as cache
+
+    if getattr(cache.save_pil_to_cache, "ip2p_atomic", False):
+        return
+
+    def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+        data = cache.encode_pil_to_bytes(img, format)
+        path = (Path(cache_dir) / cache.hash_bytes(data) / f"{name}.{format}").resolve()
+        if path.exists():
+            with contextlib.suppress(OSError):
+                os.utime(path)
+        else:
+            write_atomic(path, data, parents=True)
+        return str(path)
+
+    save_pil_to_cache.ip2p_atomic = True
+    cache.save_pil_to_cache = save_pil_to_cache
+
+
 def build_ui(editor, defaults: EditOptions | None = None, limits: Mapping[str, float] | None = None,
              signer: Any = None):
     """The Gradio Blocks app for ``editor``. ``defaults`` sets the controls' starting (and Reset)
@@ -893,6 +920,7 @@ def build_ui(editor, defaults: EditOptions | None = None, limits: Mapping[str, f
     from .ui_video import video_tab, wire_video
 
     gr = require_gradio()
+    cache_shown_images_atomically()
     h = _Handlers(gr, editor, starting_values(editor, defaults), limits, signer)
     with gr.Blocks(title="ip2p: edit images with instructions", analytics_enabled=False,
                    delete_cache=(3600, 3600)) as demo:

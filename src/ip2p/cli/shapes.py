@@ -34,6 +34,9 @@ def register(subparsers) -> None:
                       help="how an object edit's phrase is drawn: phrase (every phrase alike, the default) | "
                            "type (kind, colour, colour+kind and position forms alike) | "
                            "kind (the bare kind, \"the circle\", 70 %% of the time it can; else as type)")
+    make.add_argument("--phrasings", default="stock",
+                      help="training instructions: stock (the default) | target-first (adds templates that "
+                           "name the colour first, \"blue for the circle\"; --split train only)")
     make.set_defaults(func=run_make)
 
     show = sub.add_parser("show", help="render one example as an input | edited | mask strip")
@@ -88,7 +91,7 @@ def run_make(args) -> int:
     opts = MakeOptions(
         out=args.out, n=args.n, size=args.size, format=args.format, split=args.split, start=args.start,
         kinds=_kinds(args.kinds), workers=args.workers, shard_size=args.shard_size,
-        references=args.references,
+        references=args.references, phrasings=args.phrasings,
     ).check()
     bar, update = _progress(opts.n, "ex")
     try:

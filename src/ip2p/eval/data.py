@@ -159,11 +159,11 @@ def _trainer_format(path: str, format: str, split: str, limit: int | None, colum
     captions: list[tuple[str | None, str | None]]
     if isinstance(source, Ip2pFolderSource):
         prompts: dict[Path, dict] = {}
-        for folder, _seed, _edit in source.items[:count]:
+        for folder, *_ in source.items[:count]:
             if folder not in prompts:
                 prompts[folder] = _read_json(folder / "prompt.json", required=False)
         captions = [(_first(prompts[f], ("caption",)), _first(prompts[f], ("output",)))
-                    for f, _, _ in source.items[:count]]
+                    for f, *_ in source.items[:count]]
         fmt = "ip2p"
     elif isinstance(source, JsonlSource):
         captions = _jsonl_captions(source, cfg, count)
@@ -199,6 +199,6 @@ def _jsonl_captions(source, cfg, count: int) -> list[tuple[str | None, str | Non
             continue
     out = []
     for values in source.rows[:count]:
-        row = by_row.get(tuple(values), {})
+        row = by_row.get(tuple(values[:3]), {})  # the fourth value is the optional kind map
         out.append((_first(row, INPUT_CAPTION_KEYS), _first(row, OUTPUT_CAPTION_KEYS)))
     return out

@@ -101,6 +101,9 @@ def summarise(results: list[dict[str, Any]], kinds: Sequence[str], rules: ScoreR
             items = [r for r in results if r["kind"] == kind and r.get("reference") == ref]
             if items:
                 rows[f"{kind} / {ref}"] = _row(items)
+    adds = [r for r in results if r.get("as_asked") is not None]
+    if adds:  # add_object judged on what its instruction says (ip2p.shapes.score)
+        rows["add_object / as asked"] = _row(adds, "as_asked")
     large = [dict(r, identity_kept=r["structure"] >= rules.structure) for r in results if r["mask_share"] >= LARGE_EDIT_SHARE]
     if large:
         rows[IDENTITY_ROW] = _row(large, "identity_kept")

@@ -38,10 +38,16 @@ from PIL import Image
 from ..errors import BadOptions
 from ..files import write_atomic  # temporary files are .{name}.*.tmp, which _sweep removes
 from .edits import REFERENCE_MIXES, SPLITS, TEST_SEED_OFFSET, check_kinds, make_example
+from .phrasing import PHRASINGS
 from .render import check_size, kind_map
 
 FORMATS = ("ip2p", "jsonl", "hf")
 CONFIG_NAME = "shapes.json"
+
+
+# Options added after data sets were first made: identity() leaves them out at these defaults, so
+# older folders resume, and a folder's recorded identity without them means these values.
+OMITTED_AT_DEFAULT = {"references": "phrase", "phrasings": "stock"}
 
 
 @dataclass
@@ -56,6 +62,7 @@ class MakeOptions:
     workers: int = 2
     shard_size: int = 500
     references: str = "phrase"  # edits.REFERENCE_MIXES
+    phrasings: str = "stock"  # phrasing.PHRASINGS
 
     def check(self) -> MakeOptions:
         if not isinstance(self.n, int) or self.n < 1:
@@ -73,6 +80,11 @@ class MakeOptions:
             raise BadOptions(f"--shard-size must be a positive integer, got {self.shard_size!r}")
         if self.references not in REFERENCE_MIXES:
             raise BadOptions(f"--references must be one of {', '.join(REFERENCE_MIXES)}, got {self.references!r}")
+        if self.phrasings not in PHRASINGS:
+            raise BadOptions(f"--phrasings must be one of {', '.join(PHRASINGS)}, got {self.phrasings!r}")
+        if self.phrasings != "stock" and self.split != "train":
+            raise BadOptions(f"--phrasings {self.phrasings} is for --split train only: the test split keeps the "
+                             "stock phrasings")
         self.kinds = None if self.kinds is None else check_kinds(self.kinds)
         return self
 
@@ -86,8 +98,9 @@ class MakeOptions:
         d.pop("workers")
         d.pop("out")
         d["kinds"] = list(self.kinds) if self.kinds else None
-        if d["references"] == "phrase":  # folders made before the option stay resumable
-            del d["references"]
+        for key, default in OMITTED_AT_DEFAULT.items():  # folders made before the option stay resumable
+            if d[key] == default:
+                del d[key]
         return d
 
 
@@ -131,7 +144,8 @@ def _write_shard(args: tuple[MakeOptions, int]) -> int:
     last = min(opts.start + opts.n, first + opts.shard_size)
     records, rows = [], []
     for seed in range(first, last):
-        ex = make_example(seed, opts.size, opts.kinds, opts.split, reference_mix=opts.references)
+        ex = make_example(seed, opts.size, opts.kinds, opts.split, reference_mix=opts.references,
+                          phrasings=opts.phrasings)
         before, after, mask = (png_bytes(im) for im in ex.images())
         kinds = png_bytes(Image.fromarray(kind_map(ex.scene, opts.size), mode="L"))
         meta = ex.record()
@@ -215,11 +229,13 @@ def _check_config(opts: MakeOptions, out: Path) -> None:
             have = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise BadOptions(f"{path} is unreadable ({exc}); remove it or use another --out") from exc
-        diff = sorted(k for k in want if have.get(k) != want[k])
+        stated = OMITTED_AT_DEFAULT  # a key absent on either side means its default
+        diff = sorted(k for k in {*want, *have} if have.get(k, stated.get(k)) != want.get(k, stated.get(k)))
         if diff:
             k = diff[0]
             raise BadOptions(
-                f"{out} holds a data set made with {k}={have.get(k)!r}, not {want[k]!r}; "
+                f"{out} holds a data set made with {k}={have.get(k, stated.get(k))!r}, "
+                f"not {want.get(k, stated.get(k))!r}; "
                 "resume with the same options or use another --out"
             )
     else:

@@ -27,6 +27,7 @@ from .phrasing import (
     DIRECTIONS,
     EDIT_KINDS,
     NUMBERS,
+    PHRASINGS,
     PLACES,
     PLURALS,
     REMOVE_NUMBERS,
@@ -489,6 +490,7 @@ def make_example(
     split: str = "train",
     held_out_p: float | None = None,
     reference_mix: str = "phrase",
+    phrasings: str = "stock",
 ) -> Edit:
     """The example number ``seed`` of ``split``: same arguments, same bytes.
 
@@ -496,12 +498,17 @@ def make_example(
     only; test examples use a held-out template with probability ``held_out_p`` (default 0.5).
     ``reference_mix`` "type" redraws the phrase naming the edited object so that each form it admits
     is equally likely, "kind" favours the bare kind (:data:`REFERENCE_MIXES`); "phrase" leaves every
-    example as it always was.
+    example as it always was. ``phrasings`` "target-first" adds :data:`~.phrasing.TARGET_FIRST`'s
+    templates to a training example's draw; "stock" leaves it as it always was.
     """
     check_size(size)
     kinds = check_kinds(kinds)
     if reference_mix not in REFERENCE_MIXES:
         raise BadOptions(f"reference mix must be one of {', '.join(REFERENCE_MIXES)}, got {reference_mix!r}")
+    if phrasings not in PHRASINGS:
+        raise BadOptions(f"phrasings must be one of {', '.join(PHRASINGS)}, got {phrasings!r}")
+    if phrasings != "stock" and split != "train":
+        raise BadOptions(f"{phrasings} phrasings are for training examples only: test examples keep the stock ones")
     rng = np.random.default_rng(world_seed(seed, split))
     kind = _pick(rng, kinds)
     if held_out_p is None:
@@ -519,7 +526,7 @@ def make_example(
         if reference_mix != "phrase" and plan.focus is not None and "obj" in plan.slots and "obj2" not in plan.slots:
             kind_p = BARE_KIND_P if reference_mix == "kind" else 0.0
             plan.slots["obj"] = _by_type(rng, references(scene, scene.get(plan.focus)), kind_p)
-        edit = _realise(seed, split, size, kind, scene, plan, rng, held_out_p)
+        edit = _realise(seed, split, size, kind, scene, plan, rng, held_out_p, phrasings)
         if edit is not None:
             return edit
     raise BadData(f"could not build a {kind} example for seed {seed} (the layout rules rejected every draw)")
@@ -540,7 +547,7 @@ def _clear_geometry(kind: str, before: np.ndarray | None, after: np.ndarray | No
     return float(np.hypot(ax - bx, ay - by)) >= 0.15 * size
 
 
-def _realise(seed, split, size, kind, scene, plan: _Plan, rng, held_out_p) -> Edit | None:
+def _realise(seed, split, size, kind, scene, plan: _Plan, rng, held_out_p, phrasings="stock") -> Edit | None:
     before = render(scene, size)
     if not _visible_enough(scene, before, size):
         return None
@@ -583,7 +590,7 @@ def _realise(seed, split, size, kind, scene, plan: _Plan, rng, held_out_p) -> Ed
     if plan.free_ids:
         free = np.any(np.stack([before.visible[i] > 0 for i in plan.free_ids]), axis=0) & ~mask
     held_out = bool(held_out_p) and rng.random() < held_out_p
-    template_id, template = _pick(rng, templates_for(kind, held_out))
+    template_id, template = _pick(rng, templates_for(kind, held_out, phrasings))
     return Edit(
         seed=seed,
         split=split,

@@ -310,6 +310,30 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+#: Training-only templates that name the colour before what it takes it (``ip2p shapes make
+#: --phrasings target-first``): one stock recolour template in 22 does, and the worst held-out one
+#: ("{color} is what {obj} should be") does too. Apart from :data:`TEMPLATES`, so that the benchmark's
+#: seen phrasings stay the ones earlier runs were scored on; only words the stock templates use.
+TARGET_FIRST: dict[str, tuple[str, ...]] = {
+    "recolor_object": (
+        "{color} should be the color of {obj}",
+        "{color} should be the colour of {obj}",
+        "{color} for {obj}, please",
+        "the color {color} for {obj}",
+        "{color} on {obj}",
+        "i want {color} on {obj}",
+        "{color}, please, for {obj}",
+        "{color} should be on {obj}",
+    ),
+    "recolor_background": (
+        "{color} for the background",
+        "{color} should be the color of the background",
+        "the color {color} for the background, please",
+        "i want {color} on the background",
+    ),
+}
+PHRASINGS = ("stock", "target-first")
+
 #: Held-out templates (never in training data); the first of each has a new word order.
 HELD_OUT: dict[str, tuple[str, ...]] = {
     "recolor_object": ("{color} is what {obj} should be", "kindly recolour {obj} {color}", "dye {obj} {color}"),
@@ -528,17 +552,23 @@ _SLOT = re.compile(r"\{(\w+)\}")
 _WORD = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+", re.UNICODE)
 
 
-def templates_for(kind: str, held_out: bool) -> list[tuple[str, str]]:
-    """(template id, template) pairs of one kind, training or held-out."""
+def templates_for(kind: str, held_out: bool, phrasings: str = "stock") -> list[tuple[str, str]]:
+    """(template id, template) pairs of one kind: held-out, or training ones (with ``phrasings``
+    "target-first", :data:`TARGET_FIRST`'s too, ids ``kind/f0``, ...)."""
     if held_out:
         return [(f"{kind}/h{i}", t) for i, t in enumerate(HELD_OUT[kind])]
-    return [(f"{kind}/{i}", t) for i, t in enumerate(TEMPLATES[kind])]
+    pairs = [(f"{kind}/{i}", t) for i, t in enumerate(TEMPLATES[kind])]
+    if phrasings == "target-first":
+        pairs += [(f"{kind}/f{i}", t) for i, t in enumerate(TARGET_FIRST.get(kind, ()))]
+    return pairs
 
 
 def template_by_id(template_id: str) -> str:
     kind, _, index = template_id.partition("/")
     if index.startswith("h"):
         return HELD_OUT[kind][int(index[1:])]
+    if index.startswith("f"):
+        return TARGET_FIRST[kind][int(index[1:])]
     return TEMPLATES[kind][int(index)]
 
 
@@ -557,7 +587,8 @@ def vocabulary() -> list[str]:
 
     Words are split the way CLIP's pre-tokenizer splits them (lower case, punctuation apart).
     """
-    texts = [_SLOT.sub(" ", t) for kind in TEMPLATES for t in TEMPLATES[kind] + HELD_OUT[kind]]
+    texts = [_SLOT.sub(" ", t) for kind in TEMPLATES for t in TEMPLATES[kind] + HELD_OUT[kind]
+             + TARGET_FIRST.get(kind, ())]
     texts += _slot_fillers() + [REFERENCE_WORDS, CAPTION_WORDS, GLOBAL_CAPTION_WORDS]
     return _words(texts)
 

@@ -72,6 +72,13 @@ class ModelConfig:
     # a convolution stack on the input image's pixels added to conv_in (ImageStemUNet2DConditionModel):
     # residual models over the exact autoencoder only. With start ip2p it grows the base, starting at zero.
     image_stem: bool = False
+    # the image stem plus a branch that says what shape each latent pixel shows (KindStemUNet2DConditionModel):
+    # before the UNet trains, the branch learns the data set's kind maps alone for kind_stem_steps steps on
+    # its first kind_stem_examples samples, then stays frozen; its output enters conv_in through a 1x1
+    # projection that starts at zero. Needs kind maps (the shapes world writes them) and what image_stem needs.
+    kind_stem: bool = False
+    kind_stem_steps: int = 3000
+    kind_stem_examples: int = 20000
 
 
 @dataclass
@@ -112,6 +119,9 @@ class DataConfig:
     # inserted: a model trained on a few templates then reads an edit from its content words and
     # copes with verbs it never saw. 0 = off.
     unknown_words: float = 0.0
+    # Up to this many made-up words in each such instruction (the number drawn uniformly from 1..N):
+    # held-out wordings may bring two unseen words ("kindly recolour").
+    unknown_word_count: int = 1
     # Words never replaced, separated by spaces, or "shapes" for the shapes world's content words
     # (ip2p.shapes.phrasing.content_words).
     keep_words: str = ""
@@ -279,6 +289,14 @@ class TrainConfig:
             raise BadOptions("model.image_stem applies to start scratch or ip2p, not text2image")
         if m.image_stem and m.start == "scratch" and not m.residual:
             raise BadOptions("model.image_stem is a residual UNet's: it needs model.residual true")
+        if not isinstance(m.kind_stem, bool):
+            raise BadOptions(f"model.kind_stem must be true or false, got {m.kind_stem!r}")
+        if m.kind_stem:
+            if m.start == "text2image" or (m.start == "scratch" and not m.residual):
+                raise BadOptions("model.kind_stem grows a residual UNet over the exact autoencoder: start ip2p, "
+                                 "or scratch with model.residual true")
+            _positive("model.kind_stem_steps", m.kind_stem_steps)
+            _positive("model.kind_stem_examples", m.kind_stem_examples)
         if m.text_layers is not None:
             if not isinstance(m.text_layers, int) or isinstance(m.text_layers, bool) or m.text_layers < 1:
                 raise BadOptions(f"model.text_layers must be a positive integer, got {m.text_layers}")
@@ -323,6 +341,9 @@ class TrainConfig:
         _positive("data.num_workers", d.num_workers, zero_ok=True)
         if not 0 <= d.unknown_words <= 1:
             raise BadOptions(f"data.unknown_words must be a probability in [0, 1], got {d.unknown_words}")
+        count = d.unknown_word_count
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise BadOptions(f"data.unknown_word_count must be a positive integer, got {count!r}")
         _positive("data.validation_count", d.validation_count, zero_ok=True)
         for key in ("max_samples", "resize_max"):
             if getattr(d, key) is not None:

@@ -398,33 +398,50 @@ def keep_word_set(keep_words: str) -> set[str]:
 
 
 def with_unknown_words(texts: list[str], probability: float, keep: set[str],
-                       generator: torch.Generator) -> list[str]:
-    """Give a share ``probability`` of instructions one made-up word of 3-8 letters.
+                       generator: torch.Generator, count: int = 1) -> list[str]:
+    """Give a share ``probability`` of instructions made-up words of 3-8 letters: one, or with
+    ``count`` N > 1 between one and N, as many as a uniform draw says.
 
-    Half of those replace a word that holds no word of ``keep``, half insert it anywhere. Held-out
-    wordings ("dye the circle blue", "kindly eliminate the star") bring verbs a word-level tokenizer
-    never saw; trained this way, the model learns to read the edit from the content words around
-    them. Every text takes the same number of draws, so the stream stays exactly resumable.
+    Each word either replaces a word that holds no word of ``keep`` or is inserted anywhere, half and
+    half. Held-out wordings ("dye the circle blue", "kindly eliminate the star") bring verbs a
+    word-level tokenizer never saw, sometimes two; trained this way, the model learns to read the edit
+    from the content words around them. Every text takes the same number of draws (and ``count`` 1
+    the draws it always took), so the stream stays exactly resumable.
     """
-    from ..text import split_words
-
     out = []
     for text in texts:
-        chance, how, where = torch.rand(3, generator=generator).tolist()
-        length = int(torch.randint(3, 9, (1,), generator=generator))
-        letters = torch.randint(0, 26, (8,), generator=generator).tolist()
+        chance, *first = torch.rand(3, generator=generator).tolist()
+        draws = [(*first, _made_up_word(generator))]
+        if count > 1:
+            extra = int(torch.randint(0, count, (1,), generator=generator))
+            more = [(*torch.rand(2, generator=generator).tolist(), _made_up_word(generator)) for _ in range(count - 1)]
+            draws += more[:extra]
         if chance >= probability:
             out.append(text)
             continue
-        word = "".join(chr(ord("a") + c) for c in letters[:length])
         words = text.split()
-        free = [i for i, w in enumerate(words) if not set(split_words(w)) & keep]
-        if free and how < 0.5:
-            words[free[int(where * len(free))]] = word
-        else:
-            words.insert(int(where * (len(words) + 1)), word)
+        for how, where, word in draws:
+            words = _place_word(words, word, how, where, keep | {w for *_, w in draws})
         out.append(" ".join(words))
     return out
+
+
+def _made_up_word(generator: torch.Generator) -> str:
+    length = int(torch.randint(3, 9, (1,), generator=generator))
+    letters = torch.randint(0, 26, (8,), generator=generator).tolist()
+    return "".join(chr(ord("a") + c) for c in letters[:length])
+
+
+def _place_word(words: list[str], word: str, how: float, where: float, keep: set[str]) -> list[str]:
+    """``word`` in place of a word outside ``keep`` (``how`` < 0.5, where there is one) or inserted.
+    ``keep`` holds the made-up words too, so a second never replaces the first."""
+    from ..text import split_words
+
+    free = [i for i, w in enumerate(words) if not set(split_words(w)) & keep]
+    if free and how < 0.5:
+        return words[:(i := free[int(where * len(free))])] + [word] + words[i + 1:]
+    at = int(where * (len(words) + 1))
+    return words[:at] + [word] + words[at:]
 
 
 # --------------------------------------------------------------------------------------------

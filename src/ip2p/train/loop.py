@@ -35,7 +35,7 @@ from ..files import atomic_folder, atomic_path
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import EditPairDataset, StreamSampler, collate, keep_word_set, open_source, with_unknown_words
-from .model import EMA, load_start, prepare_trainable, trainable_state
+from .model import EMA, load_start, prepare_trainable, pretrain_kind_branch, trainable_state
 
 log = logging.getLogger("ip2p.train")
 
@@ -150,10 +150,12 @@ class _Trainer:
             self.bad_count += len(source.bad_at_index)
             self.emit("warning", message=f"{len(source.bad_at_index)} bad rows skipped while indexing the data set "
                                          f"(first: {source.bad_at_index[0]})")
-        if cfg.optim.kind_weight and source.record(0).kind_map is None:
-            raise BadOptions(f"optim.kind_weight trains against kind maps, and data set {cfg.data.path!r} has none "
+        kind_maps = bool(cfg.optim.kind_weight or cfg.model.kind_stem)
+        if kind_maps and source.record(0).kind_map is None:
+            option = "optim.kind_weight" if cfg.optim.kind_weight else "model.kind_stem"
+            raise BadOptions(f"{option} trains against kind maps, and data set {cfg.data.path!r} has none "
                              "(`ip2p shapes make` writes them)")
-        dataset = EditPairDataset(source, cfg.data, kind_maps=bool(cfg.optim.kind_weight))
+        dataset = EditPairDataset(source, cfg.data, kind_maps=kind_maps)
         validation = self._validation_samples(source, size)
 
         components = self._base_model(base_dir, source, dataset, size)
@@ -218,6 +220,12 @@ class _Trainer:
             components = load_folder(base_dir, name=cfg.model.base or "scratch")
             return components
         components = load_start(cfg, source.instructions())
+        if cfg.model.kind_stem:
+            m = cfg.model
+            loss = pretrain_kind_branch(components.unet, dataset, m.kind_stem_steps, m.kind_stem_examples,
+                                        cfg.run.seed, self.emit)
+            if loss is not None:
+                self.emit("stage", stage="kind-stem-done", message=f"kind branch trained: cross-entropy {loss:.4f}")
         if cfg.model.start == "scratch" and cfg.model.autoencoder == "kl" and cfg.vae.steps:
             from .vae_stage import train_vae
 
@@ -425,7 +433,8 @@ class _Trainer:
             drop_image = (u >= o.drop_text) & (u < o.drop_text + o.drop_both + o.drop_image)
             texts = batch["text"]
             if self.cfg.data.unknown_words:
-                texts = with_unknown_words(texts, self.cfg.data.unknown_words, self.keep_words, gen)
+                d = self.cfg.data
+                texts = with_unknown_words(texts, d.unknown_words, self.keep_words, gen, d.unknown_word_count)
             tok = s.components.tokenizer
             ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                       return_tensors="pt").input_ids
