@@ -135,6 +135,7 @@ def make_runner(mode: str, base, args, device):
 
         def run(images, seed):
             return editor.edit(list(images), INSTRUCTION, steps=args.steps, seed=seed, scheduler=args.scheduler,
+                               guidance_scale=7.5, image_guidance_scale=1.5,  # as the stock call below, not the model's own
                                resolution=images[0].size[0], batch_size=len(images)).images
         return run
 
@@ -153,7 +154,9 @@ def make_runner(mode: str, base, args, device):
     elif mode == "stock-recipe":
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
-        pipe.fuse_qkv_projections()
+        from diffusers import AutoencoderKL
+
+        pipe.fuse_qkv_projections(vae=isinstance(pipe.vae, AutoencoderKL))  # diffusers fuses only a KL VAE's
         kw = {"fullgraph": True, **({"mode": "reduce-overhead"} if device.type == "cuda" else {})}
         pipe.unet = torch.compile(pipe.unet, **kw)
         pipe.vae.decode = torch.compile(pipe.vae.decode, **kw)
