@@ -1,4 +1,4 @@
-"""The bundled demo model, end to end: shipping, stock diffusers, the README command, real edits.
+"""The bundled demo model, end to end: shipping, stock diffusers, real edits (the README command: test_readme.py).
 
 Everything here runs the real shipped weights (src/ip2p/data/models/demo: an exact pixel-unshuffle
 autoencoder and a residual x0 UNet, 64x64) at the model's own settings (its ip2p.json) on real
@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,18 +53,6 @@ def demo_editor():
 @pytest.fixture(scope="module")
 def recommended() -> dict:
     return json.loads((DEMO_DIR / "ip2p.json").read_text())
-
-
-def _outside(mask: np.ndarray, grow: int = 2) -> np.ndarray:
-    """Pixels farther than ``grow`` px from the changed region (anti-aliased edges change too)."""
-    near = mask.copy()
-    for _ in range(grow):
-        near = near | np.roll(near, 1, 0) | np.roll(near, -1, 0) | np.roll(near, 1, 1) | np.roll(near, -1, 1)
-    return ~near
-
-
-def _mae(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
-    return float(np.abs(a.astype(np.float32) - b.astype(np.float32))[where].mean())
 
 
 # ------------------------------------------------------------------------------------------ shipping
@@ -129,54 +114,7 @@ def test_same_seed_same_output(demo_editor):
     assert np.array_equal(first, again)
 
 
-# ------------------------------------------------------------------------------- the README command
-
-
-@pytest.fixture(scope="module")
-def readme_output(tmp_path_factory):
-    """Run the README's first command exactly, offline, with an empty HF cache (so the demo is the default)."""
-    tmp = tmp_path_factory.mktemp("readme")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp / "hf-home"), TRANSFORMERS_OFFLINE="1")
-    env.pop("HF_HUB_CACHE", None)
-    out = tmp / "out.png"
-    # With no --seed a newcomer gets a random one; the test pins one so that it cannot flake (how many
-    # seeds turn the circle blue: benchmarks/readme_example.py, docs/demo-model.md).
-    proc = subprocess.run(
-        [sys.executable, "-m", "ip2p", "edit", "examples/shapes.png", "-i", INSTRUCTION, "-o", str(out), "--seed", "0"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )
-    return proc, out
-
-
-def test_readme_command_runs_offline_with_the_demo_as_default(readme_output):
-    from ip2p.models import describe_default
-
-    proc, out = readme_output
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert describe_default("demo") in proc.stderr.splitlines()
-    assert Image.open(out).size == (64, 64)
-
-
-def test_readme_command_turns_the_circle_blue(readme_output, scene):
-    """At least 80 % of the circle's core is within CIE76 dE 20 of the shapes world's blue."""
-    from ip2p.shapes.color import COLORS, delta_e
-
-    proc, out = readme_output
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    _, _, circle = scene
-    edited = np.asarray(Image.open(out).convert("RGB"))
-    blue = delta_e(edited, np.asarray(COLORS["blue"], dtype=np.uint8)[None, None])[circle]
-    assert (blue < 20).mean() >= 0.8, float((blue < 20).mean())
-
-
-def test_readme_command_keeps_everything_but_the_circle(readme_output, scene):
-    """Outside the circle (and a 2 px rim) the mean error is within the issue's 6/255 bar."""
-    proc, out = readme_output
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    before, after, _ = scene
-    keep = _outside(np.any(before != after, axis=-1))
-    edited = np.asarray(Image.open(out).convert("RGB"))
-    assert _mae(edited, before, keep) <= 6.0
+# The README command (offline, no --model, so the demo is the default) is run by tests/test_readme.py.
 
 
 # ------------------------------------------------------------------ real edits against exact targets

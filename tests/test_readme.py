@@ -51,7 +51,7 @@ def readme_edit(tmp_path_factory):
     spec = importlib.util.spec_from_file_location("make_shapes_example", ROOT / "examples" / "make_shapes_example.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return argv, np.asarray(Image.open(out).convert("RGB")), module.images()
+    return argv, proc.stderr, np.asarray(Image.open(out).convert("RGB")), module.images()
 
 
 def test_readme_first_command_turns_the_circle_blue_and_keeps_the_rest(readme_edit):
@@ -59,8 +59,12 @@ def test_readme_first_command_turns_the_circle_blue_and_keeps_the_rest(readme_ed
     2 px rim) a mean error within the issue's 6/255 (measured: 2.65 on seeds 0-7)."""
     from ip2p.shapes.color import COLORS, delta_e
 
-    argv, edited, (before, after, circle) = readme_edit
+    argv, stderr, edited, (before, after, circle) = readme_edit
     assert argv[:3] == ["ip2p", "edit", "examples/shapes.png"]
+    if "--model" not in argv:  # no full model cached: the CLI says in one line that it uses the demo
+        from ip2p.models import describe_default
+
+        assert describe_default("demo") in stderr.splitlines()
     assert edited.shape == before.shape
     blue = delta_e(edited, np.asarray(COLORS["blue"], dtype=np.uint8)[None, None])[circle]
     assert (blue < 20).mean() >= 0.8, float((blue < 20).mean())
