@@ -59,7 +59,8 @@ echo "== data: $N triplets at 64 px -> $DATA"
 # REFERENCES=type draws an object edit's phrase by form (kind, colour, colour+kind, position alike),
 # REFERENCES=kind the bare kind ("the circle") 70 % of the time it can (run 13); the default, phrase,
 # makes every earlier run's triplets (most phrases name a colour). PHRASINGS=target-first adds
-# training templates that name the colour first (run 21).
+# training templates that name the colour first (run 21); PHRASINGS=target-first-objects, for object
+# recolours only.
 time ip2p shapes make --n "$N" --start "${START:-0}" --size 64 --out "$DATA" --format ip2p --kinds "$KINDS" \
   --workers "$WORKERS" --references "${REFERENCES:-phrase}" --phrasings "${PHRASINGS:-stock}"
 

@@ -105,6 +105,10 @@ def test_target_first_phrasings_name_the_colour_first_in_training_only(tmp_path,
     for e in added:  # the colour, then "the background" or the object's phrase ("the red one", ...)
         assert e.instruction.index(e.target["color"]) < e.instruction.rindex("the ")
     assert [(a.kind, a.scene) for a in stock] == [(b.kind, b.scene) for b in first]  # only the wording moves
+    objects = [make_example(s, 64, kinds=kinds, phrasings="target-first-objects") for s in range(80)]
+    assert {e.kind for e in objects if "/f" in e.template_id} == {"recolor_object"}  # never the background
+    assert [e.instruction for e in objects if e.kind == "recolor_background"] == [
+        e.instruction for e in stock if e.kind == "recolor_background"]
     with pytest.raises(BadOptions, match="training examples only"):
         make_example(0, 64, split="test", phrasings="target-first")
     make_dataset(MakeOptions(out=str(tmp_path / "d"), n=6, workers=1, kinds=tuple(kinds), phrasings="target-first"))

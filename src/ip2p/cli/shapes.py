@@ -36,7 +36,8 @@ def register(subparsers) -> None:
                            "kind (the bare kind, \"the circle\", 70 %% of the time it can; else as type)")
     make.add_argument("--phrasings", default="stock",
                       help="training instructions: stock (the default) | target-first (adds templates that "
-                           "name the colour first, \"blue for the circle\"; --split train only)")
+                           "name the colour first, \"blue for the circle\") | target-first-objects (the same for "
+                           "object recolours only); --split train only")
     make.set_defaults(func=run_make)
 
     show = sub.add_parser("show", help="render one example as an input | edited | mask strip")

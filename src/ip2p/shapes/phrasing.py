@@ -332,7 +332,9 @@ TARGET_FIRST: dict[str, tuple[str, ...]] = {
         "i want {color} on the background",
     ),
 }
-PHRASINGS = ("stock", "target-first")
+#: "target-first-objects" adds the object ones only: from run 22 the background ones are suspected of
+#: teaching "{color} ... the circle" to recolour the background (docs/demo-model.md, runs 21-23).
+PHRASINGS = ("stock", "target-first", "target-first-objects")
 
 #: Held-out templates (never in training data); the first of each has a new word order.
 HELD_OUT: dict[str, tuple[str, ...]] = {
@@ -554,11 +556,12 @@ _WORD = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+", re.UNICODE)
 
 def templates_for(kind: str, held_out: bool, phrasings: str = "stock") -> list[tuple[str, str]]:
     """(template id, template) pairs of one kind: held-out, or training ones (with ``phrasings``
-    "target-first", :data:`TARGET_FIRST`'s too, ids ``kind/f0``, ...)."""
+    "target-first", :data:`TARGET_FIRST`'s too, ids ``kind/f0``, ...; "target-first-objects", only
+    the object recolour's)."""
     if held_out:
         return [(f"{kind}/h{i}", t) for i, t in enumerate(HELD_OUT[kind])]
     pairs = [(f"{kind}/{i}", t) for i, t in enumerate(TEMPLATES[kind])]
-    if phrasings == "target-first":
+    if phrasings == "target-first" or (phrasings == "target-first-objects" and kind == "recolor_object"):
         pairs += [(f"{kind}/f{i}", t) for i, t in enumerate(TARGET_FIRST.get(kind, ()))]
     return pairs
 
