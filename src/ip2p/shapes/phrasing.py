@@ -332,9 +332,12 @@ TARGET_FIRST: dict[str, tuple[str, ...]] = {
         "i want {color} on the background",
     ),
 }
-#: "target-first-objects" adds the object ones only: from run 22 the background ones are suspected of
-#: teaching "{color} ... the circle" to recolour the background (docs/demo-model.md, runs 21-23).
-PHRASINGS = ("stock", "target-first", "target-first-objects")
+#: Each training phrasing and the kinds whose :data:`TARGET_FIRST` templates it adds.
+#: "target-first-objects" leaves out the background's: from run 22 they are suspected of teaching
+#: "{color} ... the circle" to recolour the background (docs/demo-model.md, runs 21-23).
+TARGET_FIRST_KINDS: dict[str, tuple[str, ...]] = {
+    "stock": (), "target-first": tuple(TARGET_FIRST), "target-first-objects": ("recolor_object",)}
+PHRASINGS = tuple(TARGET_FIRST_KINDS)
 
 #: Held-out templates (never in training data); the first of each has a new word order.
 HELD_OUT: dict[str, tuple[str, ...]] = {
@@ -555,13 +558,12 @@ _WORD = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+", re.UNICODE)
 
 
 def templates_for(kind: str, held_out: bool, phrasings: str = "stock") -> list[tuple[str, str]]:
-    """(template id, template) pairs of one kind: held-out, or training ones (with ``phrasings``
-    "target-first", :data:`TARGET_FIRST`'s too, ids ``kind/f0``, ...; "target-first-objects", only
-    the object recolour's)."""
+    """(template id, template) pairs of one kind: held-out, or training ones (with :data:`TARGET_FIRST`'s
+    too, ids ``kind/f0``, ..., where ``phrasings`` adds them: :data:`TARGET_FIRST_KINDS`)."""
     if held_out:
         return [(f"{kind}/h{i}", t) for i, t in enumerate(HELD_OUT[kind])]
     pairs = [(f"{kind}/{i}", t) for i, t in enumerate(TEMPLATES[kind])]
-    if phrasings == "target-first" or (phrasings == "target-first-objects" and kind == "recolor_object"):
+    if kind in TARGET_FIRST_KINDS[phrasings]:
         pairs += [(f"{kind}/f{i}", t) for i, t in enumerate(TARGET_FIRST.get(kind, ()))]
     return pairs
 
